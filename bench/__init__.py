@@ -1,0 +1,1 @@
+"""Benchmarks. Not tests: they measure, print and record, and fail only when broken."""

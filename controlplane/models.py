@@ -1,0 +1,62 @@
+"""Who may do what: a role per user, and API tokens stored only as hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer (read only)"
+    HARNESS = "harness", "Harness (sessions and outcomes)"
+    RELEASE_MANAGER = "release-manager", "Release manager (everything)"
+
+
+class Profile(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile"
+    )
+    role = models.CharField(max_length=32, choices=Role.choices, default=Role.VIEWER)
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role})"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A bearer token. Only its SHA-256 is stored, so a database leak leaks no keys."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=8, help_text="First characters, to tell tokens apart")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @classmethod
+    def issue(cls, user) -> str:
+        """Create a token for ``user`` and return its key (the only time it is visible)."""
+        key = "prism_" + secrets.token_hex(20)
+        cls.objects.create(user=user, key_hash=hash_key(key), prefix=key[6:14])
+        return key
+
+
+def role_of(user) -> str | None:
+    """The user's role, or None for anonymous users and users without one."""
+    if not user or not user.is_authenticated:
+        return None
+    if user.is_superuser:
+        return Role.RELEASE_MANAGER
+    try:
+        return user.profile.role
+    except Profile.DoesNotExist:
+        return None

@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from versions import api as versions_api
+
+api = [
+    path("agents/", versions_api.AgentList.as_view(), name="agent-list"),
+    path("agents/<slug:slug>/", versions_api.AgentDetail.as_view(), name="agent-detail"),
+    path(
+        "agents/<slug:slug>/versions/", versions_api.AgentVersions.as_view(), name="agent-versions"
+    ),
+    path("versions/<int:pk>/", versions_api.VersionDetail.as_view(), name="version-detail"),
+    path("versions/<int:pk>/diff/", versions_api.VersionDiff.as_view(), name="version-diff"),
+    path("audit/", versions_api.AuditList.as_view(), name="audit-list"),
+    path("", include("rollouts.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("api/", include(api)),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,261 @@
+"""Version lifecycle, drain progress and ETA, and the drain policies (DESIGN §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from rollouts.models import Lifecycle, Routing, Session, SessionState
+from rollouts.survival import drain_eta, kaplan_meier, policy_drain_bound
+from versions.audit import SYSTEM, record
+from versions.models import Agent, Version
+
+INACTIVE, ACTIVE, DRAINING, DRAINED = "inactive", "active", "draining", "drained"
+SURVIVAL_SAMPLE = 5000  # most recent sessions feeding the survival estimate
+
+
+def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
+    if weight > 0:
+        return ACTIVE
+    if lifecycle is None or lifecycle.first_routed_at is None:
+        return DRAINING if live else INACTIVE
+    return DRAINING if live else DRAINED
+
+
+def mark_drained_if_empty(agent: Agent, version_id: int, now: datetime | None = None) -> bool:
+    """Record that a weightless version has no live sessions left, once, with an event
+    that its infrastructure can be scaled down."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        routing = Routing.objects.select_for_update().filter(agent=agent).first()
+        if routing is None or routing.weight_of(version_id) > 0:
+            return False
+        if Session.objects.filter(version_id=version_id, state=SessionState.LIVE).exists():
+            return False
+        updated = Lifecycle.objects.filter(
+            pk=version_id, drained_at__isnull=True, first_routed_at__isnull=False
+        ).update(drained_at=now)
+        if updated:
+            record(
+                "version.drained", Version.objects.get(pk=version_id), actor=SYSTEM, agent=agent,
+                reason="no live sessions left and no weight: infrastructure can scale down",
+                after={"drained_at": now.isoformat()},
+            )
+    return bool(updated)
+
+
+# --- the beat's policy pass -----------------------------------------------------------
+
+
+def abandon_idle(agent: Agent, now: datetime) -> int:
+    cutoff = now - timedelta(seconds=agent.idle_timeout_s)
+    with transaction.atomic():
+        idle = list(
+            Session.objects.filter(agent=agent, state=SessionState.LIVE, last_seen_at__lt=cutoff)
+            .values_list("pk", "session_id")[:5000]
+        )
+        if not idle:
+            return 0
+        count = Session.objects.filter(
+            pk__in=[pk for pk, _ in idle], state=SessionState.LIVE, last_seen_at__lt=cutoff
+        ).update(state=SessionState.ABANDONED, ended_at=now,
+                 end_reason=f"no heartbeat for {agent.idle_timeout_s}s")
+        record("sessions.abandoned", agent, actor=SYSTEM,
+               reason=f"idle_timeout_s={agent.idle_timeout_s}: no heartbeat since "
+               f"{cutoff.isoformat()}",
+               after={"count": count, "sessions": [sid for _, sid in idle[:100]]})
+    return count
+
+
+def expire_overdue(agent: Agent, now: datetime) -> int:
+    """Sessions told to drain whose grace ran out are expired even if they never call
+    again, so evacuations and forced drains finish on time."""
+    cutoff = now - timedelta(seconds=agent.drain_grace_s)
+    with transaction.atomic():
+        overdue = list(
+            Session.objects.filter(agent=agent, state=SessionState.LIVE, drain_at__lte=cutoff)
+            .values_list("pk", "session_id")[:5000]
+        )
+        if not overdue:
+            return 0
+        count = Session.objects.filter(pk__in=[pk for pk, _ in overdue],
+                                       state=SessionState.LIVE).update(
+            state=SessionState.EXPIRED, ended_at=now, end_reason="drain grace elapsed"
+        )
+        record("sessions.expired", agent, actor=SYSTEM,
+               reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
+               after={"count": count, "sessions": [sid for _, sid in overdue[:100]]})
+    return count
+
+
+def enforce_max_live_versions(agent: Agent, now: datetime) -> list[int]:
+    """Force-drain the oldest draining versions while more versions than the cap have
+    live sessions. Versions already force-drained count as handled."""
+    with transaction.atomic():
+        routing = Routing.objects.select_for_update().filter(agent=agent).first()
+        if routing is None:
+            return []
+        live = dict(
+            Session.objects.filter(agent=agent, state=SessionState.LIVE)
+            .values_list("version_id").annotate(n=Count("id")).order_by()
+        )
+        excess = len(live) - agent.max_live_versions
+        if excess <= 0:
+            return []
+        draining = list(
+            Lifecycle.objects.filter(version_id__in=live, agent=agent)
+            .exclude(version_id__in=[int(v) for v, w in routing.weights.items() if w > 0])
+            .order_by("drain_started_at", "version_id")
+        )
+        already = sum(1 for lc in draining if lc.forced_drain_at is not None)
+        forced = []
+        for lifecycle in draining:
+            if len(forced) >= excess - already:
+                break
+            if lifecycle.forced_drain_at is not None:
+                continue
+            reason = (f"max_live_versions={agent.max_live_versions}: {len(live)} versions "
+                      "have live sessions; the oldest draining version is force-drained")
+            told = Session.objects.filter(version_id=lifecycle.version_id,
+                                          state=SessionState.LIVE,
+                                          drain_at__isnull=True).update(drain_at=now)
+            Lifecycle.objects.filter(pk=lifecycle.pk).update(forced_drain_at=now,
+                                                             forced_drain_reason=reason)
+            record("version.force_drained", Version.objects.get(pk=lifecycle.version_id),
+                   actor=SYSTEM, agent=agent, reason=reason,
+                   after={"sessions_told_to_drain": told})
+            forced.append(lifecycle.version_id)
+    return forced
+
+
+def sweep_drained(agent: Agent, now: datetime) -> list[int]:
+    pending = Lifecycle.objects.filter(
+        agent=agent, drain_started_at__isnull=False, drained_at__isnull=True
+    ).values_list("version_id", flat=True)
+    return [vid for vid in pending if mark_drained_if_empty(agent, vid, now)]
+
+
+def enforce_policies(agent: Agent, now: datetime | None = None) -> dict[str, Any]:
+    """One beat pass for one agent. Every step is a conditional write, so overlapping
+    passes (two workers, a retry) never double-apply."""
+    now = now or timezone.now()
+    return {
+        "abandoned": abandon_idle(agent, now),
+        "expired": expire_overdue(agent, now),
+        "force_drained": enforce_max_live_versions(agent, now),
+        "drained": sweep_drained(agent, now),
+    }
+
+
+# --- the fleet view -------------------------------------------------------------------
+
+
+@dataclass
+class FleetVersion:
+    version: Version
+    state: str
+    weight: int
+    live_sessions: int
+    total_sessions: int
+    drain: dict[str, Any] | None
+
+
+def survival_curve(agent: Agent, now: datetime):
+    """Kaplan-Meier over the agent's recent sessions: ended ones are events, live ones
+    are censored at their current age."""
+    rows = (
+        Session.objects.filter(agent=agent)
+        .order_by("-started_at")
+        .values_list("state", "started_at", "ended_at", "last_seen_at")[:SURVIVAL_SAMPLE]
+    )
+    durations, observed = [], []
+    for state, started_at, ended_at, last_seen_at in rows:
+        if state == SessionState.LIVE:
+            durations.append(max((now - started_at).total_seconds(), 0.0))
+            observed.append(False)
+        else:
+            end = last_seen_at if state == SessionState.ABANDONED else (ended_at or last_seen_at)
+            durations.append(max((end - started_at).total_seconds(), 0.0))
+            observed.append(True)
+    return kaplan_meier(durations, observed)
+
+
+def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
+    """Every version worth showing, with its derived state and drain progress.
+
+    Inactive, active and draining versions are all listed; of the drained ones only the
+    ``retain_drained`` most recently drained, which stay instantly rollback-able.
+
+    The number of queries does not depend on the number of versions or sessions:
+    1. the routing row, the session counts per version, and the versions with their
+       lifecycles;
+    2. with any version draining, the agent's survival curve and the ages of every
+       live session on a draining version, in one query each.
+    """
+    now = now or timezone.now()
+    routing = Routing.objects.filter(agent=agent).first()
+    weights = {int(k): int(v) for k, v in (routing.weights if routing else {}).items()}
+    counts = {
+        row["version_id"]: row
+        for row in Session.objects.filter(agent=agent).values("version_id").annotate(
+            live=Count("id", filter=Q(state=SessionState.LIVE)), total=Count("id")
+        ).order_by()
+    }
+    versions = list(
+        Version.objects.filter(agent=agent).select_related("lifecycle", "agent").order_by("-id")
+    )
+    rows = []
+    for version in versions:
+        lifecycle = getattr(version, "lifecycle", None)
+        live = counts.get(version.pk, {}).get("live", 0)
+        rows.append((version, lifecycle, live,
+                     version_state(weights.get(version.pk, 0), live, lifecycle)))
+
+    # The most recently drained first: the previous stable is among them.
+    drained = sorted(
+        (r for r in rows if r[3] == DRAINED),
+        key=lambda r: (r[1].drain_started_at is not None, r[1].drain_started_at, r[0].pk),
+        reverse=True,
+    )
+    hidden = {r[0].pk for r in drained[agent.retain_drained:]}
+    draining = [r[0].pk for r in rows if r[3] == DRAINING and r[1] and r[1].drain_started_at]
+    ages: dict[int, list[float]] = {pk: [] for pk in draining}
+    curve = None
+    if draining:
+        curve = survival_curve(agent, now)
+        for version_id, started_at in Session.objects.filter(
+            version_id__in=draining, state=SessionState.LIVE
+        ).values_list("version_id", "started_at"):
+            ages[version_id].append(max((now - started_at).total_seconds(), 0.0))
+
+    result = []
+    for version, lifecycle, live, state in rows:
+        if version.pk in hidden:
+            continue
+        drain = None
+        if state in (DRAINING, DRAINED) and lifecycle and lifecycle.drain_started_at:
+            at_start = lifecycle.live_at_drain_start or 0
+            progress = 1.0 if at_start == 0 else max(0.0, min(1.0, 1 - live / at_start))
+            eta = 0.0
+            if state == DRAINING:
+                bound = policy_drain_bound(ages[version.pk],
+                                           max_session_age_s=agent.max_session_age_s,
+                                           drain_grace_s=agent.drain_grace_s)
+                eta = drain_eta(curve, ages[version.pk], policy_bound_s=bound)
+            drain = {
+                "started_at": lifecycle.drain_started_at,
+                "live_at_start": at_start,
+                "progress": round(progress, 4),
+                "eta_s": eta,
+                "forced": lifecycle.forced_drain_at is not None,
+                "forced_reason": lifecycle.forced_drain_reason,
+                "drained_at": lifecycle.drained_at,
+            }
+        result.append(FleetVersion(version, state, weights.get(version.pk, 0), live,
+                                   counts.get(version.pk, {}).get("total", 0), drain))
+    return result

@@ -1,0 +1,565 @@
+"""The rollout state machine and every routing change (DESIGN §6).
+
+Every transition is one transaction that locks the agent's routing row first, so the
+beat, workers and humans acting on one agent are serialised by the database. Inside
+the lock the rollout's state is re-read: once a rollback commits, a concurrent advance
+finds the rollout closed and gives up, so rollback always wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from metrics import gates as gates_mod
+from metrics import outcomes
+from rollouts.models import (
+    FULL,
+    OPEN_STATES,
+    Lifecycle,
+    Rollout,
+    RolloutEvent,
+    RolloutState,
+    Routing,
+    Session,
+    SessionState,
+)
+from rollouts.routing import validate_weights
+from versions.audit import SYSTEM, record
+from versions.diff import diff_versions
+from versions.models import Agent, Version
+
+DEFAULT_STAGES = (5, 25, 50, 100)
+DEFAULT_MIN_DURATION_S = 600
+DEFAULT_MIN_SESSIONS = 100
+
+
+class TransitionError(Exception):
+    """The action is not allowed in the current state (answered with 409)."""
+
+
+class StageError(ValueError):
+    def __init__(self, errors: dict[str, Any]) -> None:
+        super().__init__(str(errors))
+        self.errors = errors
+
+
+# --- specs ----------------------------------------------------------------------------
+
+
+def validate_stages(stages: Any) -> list[dict[str, Any]]:
+    """Normalise a stage list: percents rise strictly within (0, 100] and end at 100."""
+    if stages is None:
+        stages = [{"percent": p} for p in DEFAULT_STAGES]
+    if not isinstance(stages, list) or not stages:
+        raise StageError({"stages": "Expected a non-empty list of stages."})
+    if len(stages) > 20:
+        raise StageError({"stages": "At most 20 stages."})
+    result, previous = [], 0.0
+    for index, stage in enumerate(stages):
+        where = f"stages[{index}]"
+        if isinstance(stage, int | float) and not isinstance(stage, bool):
+            stage = {"percent": stage}
+        if not isinstance(stage, dict):
+            raise StageError({where: "Expected an object {percent, ...}."})
+        unknown = set(stage) - {"percent", "min_duration_s", "min_sessions", "max_duration_s"}
+        if unknown:
+            raise StageError({where: f"Unknown fields: {', '.join(sorted(unknown))}."})
+        percent = stage.get("percent")
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            raise StageError({where: "percent is required and must be a number."})
+        if not 0 < percent <= 100:
+            raise StageError({where: "percent must lie in (0, 100]."})
+        if percent <= previous:
+            raise StageError({where: "percents must rise strictly."})
+        # In decimal, not binary floating point: 0.29 * 100 is 28.999999999999996.
+        if Decimal(str(percent)) * 100 % 1 != 0:
+            raise StageError({where: "percent has at most two decimals (basis points)."})
+        normalised = {
+            "percent": percent,
+            "min_duration_s": _non_negative_int(stage, "min_duration_s", DEFAULT_MIN_DURATION_S,
+                                                where),
+            "min_sessions": _non_negative_int(stage, "min_sessions", DEFAULT_MIN_SESSIONS, where),
+            "max_duration_s": _non_negative_int(stage, "max_duration_s", None, where),
+        }
+        if (normalised["max_duration_s"] is not None
+                and normalised["max_duration_s"] < normalised["min_duration_s"]):
+            raise StageError({where: "max_duration_s must not be below min_duration_s."})
+        result.append(normalised)
+        previous = percent
+    if result[-1]["percent"] != 100:
+        raise StageError({"stages": "The last stage must be 100 percent."})
+    return result
+
+
+def _non_negative_int(stage: dict, key: str, default: int | None, where: str) -> int | None:
+    value = stage.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StageError({where: f"{key} must be a whole number >= 0."})
+    return value
+
+
+# --- routing changes ------------------------------------------------------------------
+
+
+def _lock_routing(agent: Agent) -> Routing:
+    """Lock the agent's routing row, creating it on first use."""
+    routing = Routing.objects.select_for_update().filter(agent=agent).first()
+    if routing is None:
+        try:
+            with transaction.atomic():
+                Routing.objects.create(agent=agent)
+        except IntegrityError:
+            pass  # created concurrently; the lock below waits for it
+        routing = Routing.objects.select_for_update().get(agent=agent)
+    return routing
+
+
+def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> dict[str, Any]:
+    """Write new weights, bump the epoch and keep version lifecycles in step.
+
+    1. Versions losing all weight start draining: record when, and how many sessions
+       they had live at that moment (the denominator of drain progress).
+    2. Versions gaining weight become active again: clear their drain marks.
+    3. The epoch increments, so every cache keyed on it misses at the next read.
+    """
+    weights = {vid: w for vid, w in weights.items() if w > 0}
+    validate_weights(weights)
+    old = {int(k): int(v) for k, v in routing.weights.items() if int(v) > 0}
+    losing = [vid for vid in old if vid not in weights]
+    gaining = [vid for vid in weights if vid not in old]
+    if losing:
+        from rollouts.sessions import live_counts
+
+        live = live_counts(losing)
+        for vid in losing:
+            Lifecycle.objects.update_or_create(
+                version_id=vid,
+                defaults={"agent_id": routing.agent_id, "drain_started_at": now,
+                          "live_at_drain_start": live.get(vid, 0), "drained_at": None},
+            )
+    for vid in gaining:
+        lifecycle, created = Lifecycle.objects.get_or_create(
+            version_id=vid, defaults={"agent_id": routing.agent_id, "first_routed_at": now}
+        )
+        if not created:
+            Lifecycle.objects.filter(pk=vid).update(
+                drain_started_at=None, live_at_drain_start=None, drained_at=None,
+                forced_drain_at=None, forced_drain_reason="",
+                first_routed_at=lifecycle.first_routed_at or now,
+            )
+    before = {"epoch": routing.epoch, "weights": routing.weights}
+    routing.weights = {str(vid): w for vid, w in sorted(weights.items())}
+    routing.epoch += 1
+    routing.save(update_fields=["weights", "epoch", "updated_at"])
+    return {"before": before, "after": {"epoch": routing.epoch, "weights": routing.weights}}
+
+
+def _set_stable(routing: Routing, version_id: int) -> None:
+    Agent.objects.filter(pk=routing.agent_id).update(stable_id=version_id)
+    history = [vid for vid in routing.stable_history if vid != version_id]
+    routing.stable_history = [*history, version_id][-50:]
+    routing.save(update_fields=["stable_history", "updated_at"])
+
+
+def _evacuate(version_id: int, agent: Agent, now: datetime, actor: Any, reason: str) -> int:
+    """Tell every live session of a version to drain (then terminate after the grace)."""
+    count = Session.objects.filter(
+        version_id=version_id, state=SessionState.LIVE, drain_at__isnull=True
+    ).update(drain_at=now)
+    Lifecycle.objects.filter(pk=version_id).update(forced_drain_at=now,
+                                                   forced_drain_reason=reason)
+    version = Version.objects.get(pk=version_id)
+    record("version.evacuated", version, actor=actor, agent=agent, reason=reason,
+           after={"sessions_told_to_drain": count})
+    return count
+
+
+def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") -> Routing:
+    """Route all new sessions to ``version``. Only when no rollout is open."""
+    if version.agent_id != agent.pk:
+        raise TransitionError("The version belongs to another agent.")
+    with transaction.atomic():
+        routing = _lock_routing(agent)
+        open_rollout = Rollout.objects.filter(agent=agent, state__in=OPEN_STATES).first()
+        if open_rollout is not None:
+            raise TransitionError(
+                f"Rollout {open_rollout.pk} is {open_rollout.state}; finish or roll it back "
+                "before setting the stable directly."
+            )
+        change = _set_weights(routing, {version.pk: FULL}, timezone.now())
+        _set_stable(routing, version.pk)
+        record("agent.stable_set", agent, actor=actor, reason=reason,
+               before={**change["before"], "stable": agent.stable_id},
+               after={**change["after"], "stable": version.pk})
+    agent.stable_id = version.pk
+    return routing
+
+
+# --- rollouts -------------------------------------------------------------------------
+
+
+def _event(rollout: Rollout, *, actor: Any, action: str, from_state: str, from_stage: int | None,
+           reason: str = "", evaluation: dict | None = None) -> RolloutEvent:
+    name = actor.get_username() if getattr(actor, "is_authenticated", False) else str(actor)
+    return RolloutEvent.objects.create(
+        rollout=rollout, actor=name, action=action, from_state=from_state,
+        to_state=rollout.state, from_stage=from_stage, to_stage=rollout.stage,
+        reason=reason, evaluation=evaluation,
+    )
+
+
+def _stage_weights(rollout: Rollout, stage: int) -> dict[int, int]:
+    candidate_bp = round(rollout.stages[stage]["percent"] * 100)
+    return {rollout.baseline_id: FULL - candidate_bp, rollout.candidate_id: candidate_bp}
+
+
+def _close(rollout: Rollout, state: str, now: datetime) -> None:
+    rollout.state = state
+    rollout.ended_at = now
+    rollout.save(update_fields=["state", "ended_at"])
+
+
+def _promote(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
+    change = _set_weights(routing, {rollout.candidate_id: FULL}, now)
+    _set_stable(routing, rollout.candidate_id)
+    _close(rollout, RolloutState.PROMOTED, now)
+    return change
+
+
+def start_rollout(
+    agent: Agent,
+    *,
+    candidate: Version,
+    baseline: Version | None = None,
+    stages: list[dict[str, Any]],
+    gates: list[dict[str, Any]],
+    auto_rollback: bool = False,
+    supersede: bool = False,
+    actor: Any,
+    reason: str = "",
+) -> Rollout:
+    """Start moving new sessions from the baseline to the candidate.
+
+    1. Refuse if a rollout is open, unless ``supersede``: then the open one becomes
+       ``superseded`` and its candidate loses its weight and drains.
+    2. Route the first stage's percent to the candidate, the rest to the baseline.
+       Every other version gets no new sessions.
+    3. A first stage of 100 percent is a plain cutover: promote at once.
+    """
+    if candidate.agent_id != agent.pk:
+        raise StageError({"candidate": "The candidate belongs to another agent."})
+    now = timezone.now()
+    with transaction.atomic():
+        routing = _lock_routing(agent)
+        agent = Agent.objects.get(pk=agent.pk)
+        # Even with an explicit baseline: with nothing in production there is nothing to
+        # compare against or roll back to. The first version is set with set_stable.
+        if agent.stable_id is None:
+            raise TransitionError(
+                "The agent has no stable version to roll out from; set one first."
+            )
+        if baseline is None:
+            baseline = Version.objects.get(pk=agent.stable_id)
+        if baseline.agent_id != agent.pk:
+            raise StageError({"baseline": "The baseline belongs to another agent."})
+        if baseline.pk == candidate.pk:
+            raise StageError({"candidate": "The candidate is the baseline itself."})
+        open_rollout = (
+            Rollout.objects.select_for_update().filter(agent=agent, state__in=OPEN_STATES).first()
+        )
+        if open_rollout is not None:
+            if not supersede:
+                raise TransitionError(
+                    f"Rollout {open_rollout.pk} is {open_rollout.state}; send supersede: true "
+                    "to replace it."
+                )
+            from_state = open_rollout.state
+            _close(open_rollout, RolloutState.SUPERSEDED, now)
+            _event(open_rollout, actor=actor, action="supersede", from_state=from_state,
+                   from_stage=open_rollout.stage, reason=reason or "superseded by a new rollout")
+            record("rollout.superseded", open_rollout, actor=actor, reason=reason,
+                   before={"state": from_state}, after={"state": open_rollout.state})
+        diff = diff_versions(baseline, candidate)
+        warnings = []
+        if len(stages) == 1 and diff["rainbow_required"]:
+            warnings.append(
+                "Single-stage cutover of a change that needs a rainbow: "
+                + "; ".join(r["message"] for r in diff["reasons"] if r["rainbow"])
+            )
+        user = actor if getattr(actor, "is_authenticated", False) else None
+        rollout = Rollout.objects.create(
+            agent=agent, candidate=candidate, baseline=baseline, stages=stages, gates=gates,
+            auto_rollback=auto_rollback, started_at=now, stage_started_at=now,
+            created_by=user, warnings=warnings,
+        )
+        if stages[0]["percent"] == 100:
+            change = _promote(routing, rollout, now)
+        else:
+            change = _set_weights(routing, _stage_weights(rollout, 0), now)
+        _event(rollout, actor=actor, action="start", from_state="", from_stage=None,
+               reason=reason)
+        record("rollout.started", rollout, actor=actor, reason=reason, before=change["before"],
+               after={**change["after"], "state": rollout.state, "candidate": candidate.pk,
+                      "baseline": baseline.pk, "stages": stages, "gates": gates,
+                      "warnings": warnings})
+    return rollout
+
+
+@dataclass
+class Evaluation:
+    verdict: str  # "advance", "hold", "halt", "rollback"
+    reason: str
+    report: dict[str, Any]
+
+
+def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
+    """Check the current stage's conditions (no writes).
+
+    1. A critical gate that fails halts the rollout (or rolls it back with
+       ``auto_rollback``).
+    2. A stage past its ``max_duration_s`` without passing halts as inconclusive.
+    3. The stage advances when its minimum duration has elapsed, both arms have
+       ``min_sessions`` ended sessions started since the rollout began, and every
+       critical gate passes.
+    4. Otherwise it holds.
+    """
+    now = now or timezone.now()
+    stage = rollout.stages[rollout.stage]
+    elapsed = (now - rollout.stage_started_at).total_seconds()
+    counts = outcomes.ended_counts([rollout.candidate_id, rollout.baseline_id],
+                                   rollout.started_at)
+    results = gates_mod.evaluate(rollout.gates, candidate_id=rollout.candidate_id,
+                                 baseline_id=rollout.baseline_id, since=rollout.started_at)
+    duration_ok = elapsed >= stage["min_duration_s"]
+    samples_ok = (counts.get(rollout.candidate_id, 0) >= stage["min_sessions"]
+                  and counts.get(rollout.baseline_id, 0) >= stage["min_sessions"])
+    critical = [r for r in results if r["critical"]]
+    failed = [r["metric"] for r in critical if r["verdict"] == gates_mod.FAIL]
+    not_passed = [r["metric"] for r in critical if r["verdict"] != gates_mod.PASS]
+    report = {
+        "at": now.isoformat(),
+        "stage": rollout.stage,
+        "percent": stage["percent"],
+        "min_duration": {"ok": duration_ok, "elapsed_s": round(elapsed, 1),
+                         "required_s": stage["min_duration_s"]},
+        "min_sessions": {"ok": samples_ok, "required": stage["min_sessions"],
+                         "candidate": counts.get(rollout.candidate_id, 0),
+                         "baseline": counts.get(rollout.baseline_id, 0)},
+        "gates": results,
+    }
+    if failed:
+        verdict = "rollback" if rollout.auto_rollback else "halt"
+        reason = f"critical gate failed: {', '.join(failed)}"
+    elif duration_ok and samples_ok and not not_passed:
+        verdict, reason = "advance", "stage conditions met and every critical gate passes"
+    elif stage["max_duration_s"] is not None and elapsed > stage["max_duration_s"]:
+        verdict = "halt"
+        reason = (f"inconclusive: stage {rollout.stage} ran past max_duration_s="
+                  f"{stage['max_duration_s']} without passing")
+    else:
+        waiting = []
+        if not duration_ok:
+            waiting.append("minimum duration")
+        if not samples_ok:
+            waiting.append("minimum sessions")
+        if not_passed:
+            waiting.append(f"gates ({', '.join(not_passed)})")
+        verdict, reason = "hold", "waiting for " + ", ".join(waiting)
+    report["verdict"], report["reason"] = verdict, reason
+    return Evaluation(verdict, reason, report)
+
+
+def _locked_rollout(rollout_id: int) -> tuple[Routing, Rollout]:
+    rollout = Rollout.objects.select_related("agent").get(pk=rollout_id)
+    routing = _lock_routing(rollout.agent)
+    # Re-read under the agent lock: whatever committed before us is what we act on.
+    return routing, Rollout.objects.select_related("agent").get(pk=rollout_id)
+
+
+def _advance(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
+    next_stage = rollout.stage + 1
+    if next_stage >= len(rollout.stages) or rollout.stages[next_stage]["percent"] == 100:
+        rollout.stage = min(next_stage, len(rollout.stages) - 1)
+        rollout.stage_started_at = now
+        rollout.save(update_fields=["stage", "stage_started_at"])
+        return _promote(routing, rollout, now)
+    change = _set_weights(routing, _stage_weights(rollout, next_stage), now)
+    rollout.stage = next_stage
+    rollout.stage_started_at = now
+    rollout.state = RolloutState.RUNNING
+    rollout.save(update_fields=["stage", "stage_started_at", "state"])
+    return change
+
+
+def _rollback(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
+    change = _set_weights(routing, {rollout.baseline_id: FULL}, now)
+    if rollout.agent.stable_id != rollout.baseline_id:
+        _set_stable(routing, rollout.baseline_id)
+    _close(rollout, RolloutState.ROLLED_BACK, now)
+    return change
+
+
+def _halt(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
+    change = _set_weights(routing, {rollout.baseline_id: FULL}, now)
+    rollout.state = RolloutState.HALTED
+    rollout.save(update_fields=["state"])
+    return change
+
+
+ALLOWED = {
+    "pause": {RolloutState.RUNNING},
+    "resume": {RolloutState.PAUSED, RolloutState.HALTED},
+    "advance": set(OPEN_STATES),
+    "rollback": set(OPEN_STATES),
+    "evaluate": {RolloutState.RUNNING},
+}
+
+
+def transition(
+    rollout_id: int,
+    action: str,
+    *,
+    actor: Any,
+    reason: str = "",
+    evacuate: bool = False,
+    expect_stage: int | None = None,
+    now: datetime | None = None,
+) -> Rollout:
+    """Apply a human (or beat) action to a rollout, atomically and audited.
+
+    ``expect_stage`` makes the action conditional on the stage the caller evaluated,
+    so an automatic advance computed before a concurrent change is dropped. ``now`` is
+    the time the action (and an evaluation) applies at; the wall clock by default.
+    """
+    if action not in ALLOWED:
+        raise ValueError(f"unknown action {action!r}")
+    now = now or timezone.now()
+    with transaction.atomic():
+        routing, rollout = _locked_rollout(rollout_id)
+        if rollout.state not in ALLOWED[action]:
+            raise TransitionError(f"Cannot {action} a rollout that is {rollout.state}.")
+        if expect_stage is not None and rollout.stage != expect_stage:
+            raise TransitionError("The rollout moved on while it was being evaluated.")
+        from_state, from_stage = rollout.state, rollout.stage
+        evaluation = None
+        if action == "pause":
+            rollout.state = RolloutState.PAUSED
+            rollout.save(update_fields=["state"])
+            change = None
+        elif action == "resume":
+            change = None
+            if rollout.state == RolloutState.HALTED:
+                change = _set_weights(routing, _stage_weights(rollout, rollout.stage), now)
+                rollout.stage_started_at = now
+            rollout.state = RolloutState.RUNNING
+            rollout.save(update_fields=["state", "stage_started_at"])
+        elif action == "advance":
+            change = _advance(routing, rollout, now)
+            reason = reason or "manual override"
+        elif action == "rollback":
+            change = _rollback(routing, rollout, now)
+        else:  # evaluate
+            result = assess(rollout, now)
+            evaluation = result.report
+            rollout.last_evaluation, rollout.evaluated_at = evaluation, now
+            rollout.save(update_fields=["last_evaluation", "evaluated_at"])
+            change = _act_on(routing, rollout, result, now)
+            if change is None:
+                return rollout
+            action = {"advance": "auto_advance", "halt": "halt",
+                      "rollback": "auto_rollback"}[result.verdict]
+            reason = result.reason
+        if action in ("rollback", "auto_rollback") and evacuate:
+            _evacuate(rollout.candidate_id, rollout.agent, now, actor,
+                      reason or f"evacuated by rollback of rollout {rollout.pk}")
+        _event(rollout, actor=actor, action=action, from_state=from_state,
+               from_stage=from_stage, reason=reason, evaluation=evaluation)
+        record(f"rollout.{action}", rollout, actor=actor, reason=reason,
+               before={"state": from_state, "stage": from_stage,
+                       **(change["before"] if change else {})},
+               after={"state": rollout.state, "stage": rollout.stage,
+                      **(change["after"] if change else {}),
+                      **({"evaluation": evaluation} if evaluation else {})})
+    return rollout
+
+
+def _act_on(routing: Routing, rollout: Rollout, result: Evaluation,
+            now: datetime) -> dict[str, Any] | None:
+    if result.verdict == "advance":
+        return _advance(routing, rollout, now)
+    if result.verdict == "halt":
+        return _halt(routing, rollout, now)
+    if result.verdict == "rollback":
+        return _rollback(routing, rollout, now)
+    return None
+
+
+def rollback_agent(agent: Agent, *, actor: Any, reason: str = "",
+                   evacuate: bool = False) -> Routing:
+    """One-click rollback: roll back the open rollout, or else return to the previous
+    stable. Either way it is one routing write, visible to the next assignment."""
+    with transaction.atomic():
+        routing = _lock_routing(agent)
+        open_rollout = Rollout.objects.filter(agent=agent, state__in=OPEN_STATES).first()
+        if open_rollout is not None:
+            transition(open_rollout.pk, "rollback", actor=actor, reason=reason,
+                       evacuate=evacuate)
+            routing.refresh_from_db()
+            return routing
+        agent = Agent.objects.get(pk=agent.pk)
+        current = agent.stable_id
+        previous = [vid for vid in routing.stable_history if vid != current]
+        if current is None or not previous:
+            raise TransitionError("There is no previous stable version to roll back to.")
+        target = previous[-1]
+        now = timezone.now()
+        change = _set_weights(routing, {target: FULL}, now)
+        Agent.objects.filter(pk=agent.pk).update(stable_id=target)
+        # Pop the rolled-back stable so a second rollback goes one further back.
+        routing.stable_history = [vid for vid in routing.stable_history if vid != current]
+        routing.save(update_fields=["stable_history", "updated_at"])
+        if evacuate:
+            _evacuate(current, agent, now, actor, reason or "evacuated by agent rollback")
+        record("agent.rollback", agent, actor=actor, reason=reason,
+               before={**change["before"], "stable": current},
+               after={**change["after"], "stable": target})
+    return routing
+
+
+def evaluate_open_rollouts(now: datetime | None = None) -> dict[str, int]:
+    """The beat's pass over running rollouts: assess outside any lock, then apply the
+    verdict conditionally on the stage assessed. Safe to run concurrently and to retry."""
+    tally = {"evaluated": 0, "changed": 0}
+    for rollout in Rollout.objects.filter(state=RolloutState.RUNNING).select_related("agent"):
+        tally["evaluated"] += 1
+        result = assess(rollout, now)
+        Rollout.objects.filter(pk=rollout.pk, state=RolloutState.RUNNING,
+                               stage=rollout.stage).update(
+            last_evaluation=result.report, evaluated_at=timezone.now()
+        )
+        if result.verdict == "hold":
+            continue
+        try:
+            # Re-assessed under the lock at the same ``now``, so it can still hold.
+            after = transition(rollout.pk, "evaluate", actor=SYSTEM,
+                               expect_stage=rollout.stage, now=now)
+        except TransitionError:
+            continue  # a human or another worker acted first; their change stands
+        if (after.state, after.stage) != (rollout.state, rollout.stage):
+            tally["changed"] += 1
+    return tally
+
+
+def stage_deadline(rollout: Rollout) -> datetime | None:
+    stage = rollout.stages[rollout.stage]
+    if stage["max_duration_s"] is None:
+        return None
+    return rollout.stage_started_at + timedelta(seconds=stage["max_duration_s"])

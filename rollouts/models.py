@@ -1,0 +1,164 @@
+"""Routing, sessions, version lifecycle and rollouts (DESIGN §3, §5, §6)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from versions.models import Agent, Version
+
+FULL = 10000  # basis points
+
+
+class Routing(models.Model):
+    """An agent's routing table: weights in basis points over versions, and an epoch
+    that increments on every change so caches can key on it."""
+
+    agent = models.OneToOneField(
+        Agent, primary_key=True, on_delete=models.CASCADE, related_name="routing"
+    )
+    epoch = models.PositiveBigIntegerField(default=0)
+    weights = models.JSONField(default=dict, help_text='{"<version id>": basis points}')
+    stable_history = models.JSONField(
+        default=list, help_text="Ids of past and present stables, newest last."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"routing of {self.agent_id} @ epoch {self.epoch}"
+
+    def weight_of(self, version_id: int) -> int:
+        return int(self.weights.get(str(version_id), 0))
+
+
+class Lifecycle(models.Model):
+    """Operational state of a version. The tuple is immutable; this is not."""
+
+    version = models.OneToOneField(
+        Version, primary_key=True, on_delete=models.CASCADE, related_name="lifecycle"
+    )
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    first_routed_at = models.DateTimeField(null=True)
+    drain_started_at = models.DateTimeField(null=True)
+    live_at_drain_start = models.PositiveIntegerField(null=True)
+    drained_at = models.DateTimeField(null=True)
+    forced_drain_at = models.DateTimeField(null=True)
+    forced_drain_reason = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"lifecycle of {self.version_id}"
+
+
+class SessionState(models.TextChoices):
+    LIVE = "live"
+    ENDED = "ended"
+    ABANDONED = "abandoned"
+    EXPIRED = "expired"
+
+
+class Session(models.Model):
+    """One agent session, pinned to the version that started it."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    session_id = models.CharField(max_length=200)
+    version = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="sessions")
+    state = models.CharField(max_length=16, choices=SessionState.choices, default="live")
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True)
+    drain_at = models.DateTimeField(
+        null=True, help_text="When this session was first told to drain."
+    )
+    end_reason = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "session_id"], name="session_pin_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["version", "state"], name="session_version_state"),
+            models.Index(fields=["agent", "state", "last_seen_at"], name="session_agent_idle"),
+        ]
+
+    def __str__(self) -> str:
+        return self.session_id
+
+
+class RolloutState(models.TextChoices):
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    SUPERSEDED = "superseded"
+
+
+OPEN_STATES = (RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED)
+
+
+class Rollout(models.Model):
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="rollouts")
+    candidate = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="+")
+    baseline = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=16, choices=RolloutState.choices, default="running")
+    stages = models.JSONField()
+    gates = models.JSONField(default=list)
+    auto_rollback = models.BooleanField(default=False)
+    stage = models.PositiveSmallIntegerField(default=0, help_text="Index into stages")
+    started_at = models.DateTimeField()
+    stage_started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    warnings = models.JSONField(default=list)
+    last_evaluation = models.JSONField(null=True, blank=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            # At most one non-terminal rollout per agent: the database decides races.
+            models.UniqueConstraint(
+                fields=["agent"],
+                condition=Q(state__in=["running", "paused", "halted"]),
+                name="rollout_one_open_per_agent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"rollout {self.pk} of {self.agent_id}"
+
+    @property
+    def percent(self) -> float:
+        return self.stages[self.stage]["percent"]
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+
+class RolloutEvent(models.Model):
+    """A rollout's timeline: every transition with its actor, reason and evidence."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(auto_now_add=True)
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=32)
+    from_state = models.CharField(max_length=16, blank=True, default="")
+    to_state = models.CharField(max_length=16)
+    from_stage = models.PositiveSmallIntegerField(null=True)
+    to_stage = models.PositiveSmallIntegerField(null=True)
+    reason = models.TextField(blank=True, default="")
+    evaluation = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} of rollout {self.rollout_id}"

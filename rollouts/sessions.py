@@ -1,0 +1,326 @@
+"""Session assignment, heartbeats and ends: the hot path (DESIGN §5).
+
+Assignment is one read of the agent's routing row (joined with the agent), a compiled
+table cached by epoch, and one upsert that both pins new sessions and returns existing
+pins. With token authentication that is three queries in all.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from metrics import outcomes
+from rollouts import routing as routing_mod
+from rollouts.models import Routing, Session, SessionState
+from versions.audit import SYSTEM, record
+from versions.models import Agent, Version
+
+CONTINUE, DRAIN, TERMINATE = "continue", "drain", "terminate"
+
+
+class NotFound(Exception):
+    pass
+
+
+class NoRoute(Exception):
+    """The agent has no version to route to (no stable has been set)."""
+
+
+def valid_session_id(session_id: str) -> bool:
+    return 1 <= len(session_id) <= 200 and session_id.isprintable()
+
+
+# --- directives ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    directive: str
+    start_drain: bool = False  # record drain_at = now (max age reached)
+    expire: bool = False  # mark the session expired
+
+
+def decide(
+    *,
+    state: str,
+    started_at: datetime,
+    drain_at: datetime | None,
+    version_active: bool,
+    policy: dict[str, int],
+    now: datetime,
+) -> Verdict:
+    """The directive for a session, from the policy and fleet state at this moment.
+
+    1. A session that is no longer live is told to terminate.
+    2. A session already told to drain keeps draining until its grace runs out, then is
+       expired and told to terminate.
+    3. A session on a version that gets no new traffic, older than the maximum age, is
+       told to drain from now on.
+    4. Everything else continues.
+    """
+    if state != SessionState.LIVE:
+        return Verdict(TERMINATE)
+    grace = timedelta(seconds=policy["drain_grace_s"])
+    if drain_at is not None:
+        if now >= drain_at + grace:
+            return Verdict(TERMINATE, expire=True)
+        return Verdict(DRAIN)
+    if not version_active and now - started_at > timedelta(seconds=policy["max_session_age_s"]):
+        if grace.total_seconds() == 0:
+            return Verdict(TERMINATE, start_drain=True, expire=True)
+        return Verdict(DRAIN, start_drain=True)
+    return Verdict(CONTINUE)
+
+
+def _apply_verdict(
+    session: Session, verdict: Verdict, agent: Agent, now: datetime, *, version_active: bool
+) -> None:
+    """Persist what a verdict implies, conditionally, and audit the forced action. A
+    session expiring last on a weightless version drains that version at once, as an
+    end does, rather than at the beat's next sweep."""
+    if not (verdict.start_drain or verdict.expire):
+        return
+    expired = False
+    with transaction.atomic():
+        if verdict.start_drain:
+            updated = Session.objects.filter(
+                pk=session.pk, state=SessionState.LIVE, drain_at__isnull=True
+            ).update(drain_at=now)
+            if updated:
+                session.drain_at = now
+                record(
+                    "session.drain", session, actor=SYSTEM, agent=agent,
+                    reason=f"older than max_session_age_s={agent.max_session_age_s} on a "
+                    "version that no longer receives new sessions",
+                    after={"version": session.version_id, "drain_at": now.isoformat()},
+                )
+        if verdict.expire:
+            updated = Session.objects.filter(pk=session.pk, state=SessionState.LIVE).update(
+                state=SessionState.EXPIRED, ended_at=now,
+                end_reason="drain grace elapsed",
+            )
+            if updated:
+                session.state = SessionState.EXPIRED
+                record(
+                    "session.expired", session, actor=SYSTEM, agent=agent,
+                    reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
+                    after={"version": session.version_id},
+                )
+                expired = True
+    if expired and not version_active:
+        from rollouts.drain import mark_drained_if_empty
+
+        mark_drained_if_empty(agent, session.version_id, now)
+
+
+# --- version payloads ------------------------------------------------------------------
+
+# Versions are immutable, so their API form can be cached per process forever; the
+# fingerprint in the key makes a reused id (a recreated test database) harmless.
+_payloads: dict[int, tuple[str, dict]] = {}
+_payloads_lock = threading.Lock()
+
+
+def version_payload(version_id: int, fingerprint: str | None = None) -> dict:
+    from versions.api import version_payload as serialize
+
+    cached = _payloads.get(version_id)
+    if cached is not None and (fingerprint is None or cached[0] == fingerprint):
+        return cached[1]
+    version = Version.objects.select_related("agent", "created_by").get(pk=version_id)
+    payload = serialize(version)
+    with _payloads_lock:
+        if len(_payloads) > 10000:
+            _payloads.clear()
+        _payloads[version_id] = (version.fingerprint, payload)
+    return payload
+
+
+# --- assignment --------------------------------------------------------------------------
+
+
+@dataclass
+class Assignment:
+    session_id: str
+    version_id: int
+    created: bool
+    directive: str
+    started_at: datetime
+    state: str
+
+
+_UPSERT_PG = """
+INSERT INTO rollouts_session
+    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
+VALUES (%s, %s, %s, 'live', %s, %s, '')
+ON CONFLICT (agent_id, session_id) DO UPDATE
+    SET last_seen_at = CASE WHEN rollouts_session.state = 'live'
+                            THEN EXCLUDED.last_seen_at
+                            ELSE rollouts_session.last_seen_at END
+RETURNING id, version_id, state, started_at, drain_at, (xmax = 0) AS inserted
+"""
+
+_INSERT_SQLITE = """
+INSERT INTO rollouts_session
+    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
+VALUES (%s, %s, %s, 'live', %s, %s, '')
+ON CONFLICT (agent_id, session_id) DO NOTHING
+RETURNING id, version_id, state, started_at, drain_at
+"""
+
+
+def _upsert(agent_id: int, session_id: str, version_id: int, now: datetime) -> tuple:
+    """Pin the session to ``version_id`` unless it is pinned already; one statement on
+    PostgreSQL. The unique (agent, session_id) constraint decides concurrent duplicates,
+    and every caller gets the row that won."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_UPSERT_PG, [agent_id, session_id, version_id, now, now])
+            return cursor.fetchone()
+        # SQLite serialises writers, so insert-or-read is race-free there.
+        with transaction.atomic():
+            cursor.execute(_INSERT_SQLITE, [agent_id, session_id, version_id, now, now])
+            row = cursor.fetchone()
+            if row is not None:
+                return (*row, True)
+            session = Session.objects.get(agent_id=agent_id, session_id=session_id)
+            if session.state == SessionState.LIVE:
+                Session.objects.filter(pk=session.pk).update(last_seen_at=now)
+            return (session.pk, session.version_id, session.state, session.started_at,
+                    session.drain_at, False)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    # SQLite hands raw cursors ISO strings.
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def assign(slug: str, session_id: str) -> tuple[Assignment, dict]:
+    """Pin a new session by weight, or return the existing pin. Returns the assignment
+    and the pinned version's whole tuple."""
+    now = timezone.now()
+    try:
+        routing = Routing.objects.select_related("agent").get(agent__slug=slug)
+    except Routing.DoesNotExist:
+        if Agent.objects.filter(slug=slug).exists():
+            raise NoRoute(slug) from None
+        raise NotFound(slug) from None
+    table = routing_mod.table_for(routing)
+    target = table.pick(routing_mod.bucket(slug, session_id))
+    if target is None:
+        raise NoRoute(slug)
+    pk, version_id, state, started_at, drain_at, inserted = _upsert(
+        routing.agent_id, session_id, target, now
+    )
+    started_at = _as_datetime(started_at)
+    directive = CONTINUE
+    if not inserted:
+        session = Session(
+            pk=pk, agent=routing.agent, session_id=session_id, version_id=version_id,
+            state=state, started_at=started_at, drain_at=_as_datetime(drain_at),
+        )
+        active = routing.weight_of(version_id) > 0
+        verdict = decide(
+            state=state, started_at=started_at, drain_at=session.drain_at,
+            version_active=active, policy=routing.agent.drain_policy, now=now,
+        )
+        _apply_verdict(session, verdict, routing.agent, now, version_active=active)
+        directive, state = verdict.directive, session.state
+    assignment = Assignment(session_id, version_id, bool(inserted), directive, started_at, state)
+    return assignment, version_payload(version_id)
+
+
+# --- heartbeat, end, feedback ------------------------------------------------------------
+
+
+def _find_session(slug: str, session_id: str, *, lock: bool = False) -> Session:
+    sessions = Session.objects.select_related("agent__routing")
+    if lock:
+        sessions = sessions.select_for_update(of=("self",))
+    try:
+        return sessions.get(agent__slug=slug, session_id=session_id)
+    except Session.DoesNotExist:
+        raise NotFound(session_id) from None
+
+
+def heartbeat(slug: str, session_id: str) -> Session:
+    """Record that the session is alive and decide its directive (set on the result as
+    ``directive``) from the policy in force right now."""
+    now = timezone.now()
+    session = _find_session(slug, session_id)
+    agent = session.agent
+    routing = getattr(agent, "routing", None)
+    active = routing is not None and routing.weight_of(session.version_id) > 0
+    verdict = decide(
+        state=session.state, started_at=session.started_at, drain_at=session.drain_at,
+        version_active=active, policy=agent.drain_policy, now=now,
+    )
+    if session.state == SessionState.LIVE:
+        Session.objects.filter(pk=session.pk, state=SessionState.LIVE).update(last_seen_at=now)
+        session.last_seen_at = now
+    _apply_verdict(session, verdict, agent, now, version_active=active)
+    session.directive = verdict.directive
+    return session
+
+
+def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, bool]:
+    """End a session and record its outcome. Ending twice is harmless: the first outcome
+    stands and the second call changes nothing. Returns (session, changed)."""
+    now = timezone.now()
+    with transaction.atomic():
+        session = _find_session(slug, session_id, lock=True)
+        if session.state == SessionState.ENDED:
+            return session, False
+        if session.state in (SessionState.LIVE, SessionState.ABANDONED):
+            Session.objects.filter(pk=session.pk).update(
+                state=SessionState.ENDED, ended_at=now, end_reason="ended by harness"
+            )
+            session.state, session.ended_at = SessionState.ENDED, now
+        elif outcomes.has_ended(session.agent_id, session.session_id):
+            # Expired by the policy and already reported: the first end stands.
+            return session, False
+        outcomes.record_outcome(
+            agent_id=session.agent_id, version_id=session.version_id,
+            session_id=session.session_id, started_at=session.started_at,
+            ended_at=session.ended_at or now, outcome=outcome,
+        )
+    from rollouts.drain import mark_drained_if_empty
+
+    routing = getattr(session.agent, "routing", None)
+    if routing is not None and routing.weight_of(session.version_id) == 0:
+        mark_drained_if_empty(session.agent, session.version_id)
+    return session, True
+
+
+def feedback(slug: str, session_id: str, value: float) -> Session:
+    """Late user feedback, accepted during or after the session."""
+    with transaction.atomic():
+        session = _find_session(slug, session_id)
+        outcomes.record_feedback(
+            agent_id=session.agent_id, version_id=session.version_id,
+            session_id=session.session_id, started_at=session.started_at, feedback=value,
+        )
+    return session
+
+
+def live_counts(version_ids: list[int] | None = None, agent: Agent | None = None) -> dict:
+    """{version_id: live sessions}, in one grouped query."""
+    from django.db.models import Count
+
+    sessions = Session.objects.filter(state=SessionState.LIVE)
+    if agent is not None:
+        sessions = sessions.filter(agent=agent)
+    if version_ids is not None:
+        sessions = sessions.filter(version_id__in=version_ids)
+    rows = sessions.values("version_id").annotate(n=Count("id")).order_by()
+    return {row["version_id"]: row["n"] for row in rows}
+

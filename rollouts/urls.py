@@ -1,0 +1,34 @@
+from django.urls import path
+
+from rollouts import api
+
+urlpatterns = [
+    path("agents/<slug:slug>/routing/", api.RoutingView.as_view(), name="agent-routing"),
+    path("agents/<slug:slug>/stable/", api.StableView.as_view(), name="agent-stable"),
+    path("agents/<slug:slug>/rollback/", api.AgentRollbackView.as_view(), name="agent-rollback"),
+    path("agents/<slug:slug>/rollouts/", api.AgentRollouts.as_view(), name="agent-rollouts"),
+    path("agents/<slug:slug>/fleet/", api.FleetView.as_view(), name="agent-fleet"),
+    path("agents/<slug:slug>/sessions/", api.SessionCreate.as_view(), name="session-create"),
+    path(
+        "agents/<slug:slug>/sessions/<path:session_id>/heartbeat/",
+        api.SessionHeartbeat.as_view(),
+        name="session-heartbeat",
+    ),
+    path(
+        "agents/<slug:slug>/sessions/<path:session_id>/end/",
+        api.SessionEnd.as_view(),
+        name="session-end",
+    ),
+    path(
+        "agents/<slug:slug>/sessions/<path:session_id>/feedback/",
+        api.SessionFeedback.as_view(),
+        name="session-feedback",
+    ),
+    path("rollouts/<int:pk>/", api.RolloutDetail.as_view(), name="rollout-detail"),
+    *[
+        path(
+            f"rollouts/<int:pk>/{name}/", api.rollout_action(name).as_view(), name=f"rollout-{name}"
+        )
+        for name in ("pause", "resume", "advance", "rollback", "evaluate")
+    ],
+]

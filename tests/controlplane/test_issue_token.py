@@ -1,0 +1,141 @@
+"""``manage.py issue_token USERNAME --role ROLE`` (DESIGN §9)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from rest_framework.test import APIClient
+
+from controlplane.models import ApiToken, Profile, hash_key
+from versions.models import AuditEntry
+
+TOKEN = re.compile(r"prism_[0-9a-f]{40}")
+
+
+def issue(username: str, role: str) -> str:
+    out = io.StringIO()
+    call_command("issue_token", username, "--role", role, stdout=out)
+    return out.getvalue()
+
+
+def client_with(key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+def test_it_prints_only_the_token_on_one_line(db):
+    output = issue("ci-bot", "harness")
+
+    assert output.endswith("\n")
+    assert output.count("\n") == 1
+    assert TOKEN.fullmatch(output.strip())
+
+
+def test_it_creates_the_user_with_the_role(db):
+    issue("ci-bot", "harness")
+
+    user = get_user_model().objects.get(username="ci-bot")
+    assert user.profile.role == "harness"
+    assert not user.has_usable_password()
+    assert user.api_tokens.count() == 1
+
+
+def test_the_printed_token_authenticates_with_the_role(db, agent):
+    key = issue("ci-bot", "harness").strip()
+    client = client_with(key)
+
+    assert client.get("/api/agents/").status_code == 200
+    assert client.get("/api/audit/").status_code == 403
+    assert client.post("/api/agents/", {"slug": "x", "name": "X"}, format="json").status_code == 403
+
+
+def test_it_works_again_for_an_existing_user_and_changes_the_role(db):
+    first = issue("ci-bot", "harness").strip()
+    second = issue("ci-bot", "release-manager").strip()
+
+    assert first != second
+    user = get_user_model().objects.get(username="ci-bot")
+    assert get_user_model().objects.filter(username="ci-bot").count() == 1
+    assert Profile.objects.filter(user=user).count() == 1
+    assert user.profile.role == "release-manager"
+    assert user.api_tokens.count() == 2
+    # The role belongs to the user, so both keys now act as a release manager.
+    for key in (first, second):
+        response = client_with(key).post(
+            "/api/agents/", {"slug": f"a{key[-6:]}", "name": "A"}, format="json"
+        )
+        assert response.status_code == 201
+
+
+def test_it_gives_a_role_to_an_existing_user_without_one(db):
+    get_user_model().objects.create_user(username="alice", password="correct horse")
+
+    key = issue("alice", "viewer").strip()
+
+    user = get_user_model().objects.get(username="alice")
+    assert user.profile.role == "viewer"
+    assert user.check_password("correct horse")  # an existing password is left alone
+    assert client_with(key).get("/api/audit/").status_code == 200
+
+
+def test_it_rejects_an_unknown_role(db):
+    with pytest.raises(CommandError):
+        issue("ci-bot", "admin")
+
+    assert not get_user_model().objects.filter(username="ci-bot").exists()
+    assert not ApiToken.objects.exists()
+
+
+def test_it_requires_a_role(db):
+    with pytest.raises(CommandError):
+        call_command("issue_token", "ci-bot", stdout=io.StringIO())
+
+
+@pytest.mark.parametrize("username", ["", "   ", "u" * 151])
+def test_it_rejects_a_bad_username(db, username):
+    with pytest.raises(CommandError):
+        issue(username, "viewer")
+
+    assert not ApiToken.objects.exists()
+
+
+def test_only_a_hash_of_the_token_is_stored(db):
+    key = issue("ci-bot", "viewer").strip()
+
+    token = ApiToken.objects.get()
+    assert token.key_hash == hash_key(key)
+    assert token.key_hash != key
+    stored = [str(value) for value in ApiToken.objects.values().get().values()]
+    assert not any(key in value for value in stored)
+    assert not any(key[6:] in value for value in stored)
+    assert len(token.prefix) <= 8
+
+
+def test_it_audits_the_issue_without_the_token(db):
+    key = issue("ci-bot", "harness").strip()
+
+    entry = AuditEntry.objects.get(action="token.issued")
+    assert entry.actor == "cli"
+    assert entry.after == {"role": "harness"}
+    assert key not in repr(
+        (entry.reason, entry.before, entry.after, entry.object_repr, entry.object_id)
+    )
+
+
+def test_the_audit_entry_shows_the_role_before_and_after(db):
+    get_user_model().objects.create_user(username="alice")
+    issue("alice", "viewer")
+    issue("alice", "release-manager")
+    issue("bob", "harness")
+
+    entries = AuditEntry.objects.filter(action="token.issued").order_by("id")
+    assert [(e.object_repr, e.before, e.after) for e in entries] == [
+        ("alice", {"role": None}, {"role": "viewer"}),  # had no role until now
+        ("alice", {"role": "viewer"}, {"role": "release-manager"}),
+        ("bob", {"role": None}, {"role": "harness"}),
+    ]

@@ -1,0 +1,400 @@
+"""Drain policies, heartbeat directives and the version lifecycle (DESIGN §3, §5).
+
+Time is moved by rewriting session timestamps in the database, never by sleeping.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from rollouts import drain, engine
+from rollouts.models import FULL, Lifecycle, Session
+from versions import services
+from versions.models import AuditEntry
+
+START = "/api/agents/{slug}/sessions/"
+BEAT = "/api/agents/{slug}/sessions/{sid}/heartbeat/"
+END = "/api/agents/{slug}/sessions/{sid}/end/"
+
+
+@pytest.fixture
+def policy_agent(agent):
+    agent.idle_timeout_s = 60
+    agent.max_session_age_s = 100
+    agent.drain_grace_s = 30
+    agent.max_live_versions = 4
+    agent.save()
+    return agent
+
+
+@pytest.fixture
+def actor(release_manager):
+    return release_manager.user
+
+
+def start(client, agent, session_id: str) -> dict:
+    response = client.post(START.format(slug=agent.slug), {"session_id": session_id}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def beat(client, agent, session_id: str) -> str:
+    response = client.post(BEAT.format(slug=agent.slug, sid=session_id))
+    assert response.status_code == 200, response.content
+    return response.json()["directive"]
+
+
+def age(session_id: str, **fields_seconds_ago: int) -> None:
+    """Move a session's timestamps into the past."""
+    now = timezone.now()
+    Session.objects.filter(session_id=session_id).update(
+        **{field: now - timedelta(seconds=s) for field, s in fields_seconds_ago.items()}
+    )
+
+
+def audits(action: str, **filters) -> list[AuditEntry]:
+    return list(AuditEntry.objects.filter(action=action, **filters).order_by("id"))
+
+
+def state(session_id: str) -> str:
+    return Session.objects.get(session_id=session_id).state
+
+
+# --- max_session_age_s and drain_grace_s ----------------------------------------------
+
+
+def test_it_lets_old_sessions_on_an_active_version_continue(
+    policy_agent, make_version, harness, actor
+):
+    engine.set_stable(policy_agent, make_version(policy_agent), actor=actor)
+    start(harness, policy_agent, "old")
+    age("old", started_at=10 * 86400)
+    assert beat(harness, policy_agent, "old") == "continue"
+    assert Session.objects.get(session_id="old").drain_at is None
+    assert not audits("session.drain")
+
+
+def test_it_drains_then_expires_an_old_session_on_a_draining_version(
+    policy_agent, make_version, harness, actor
+):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "young")
+    start(harness, policy_agent, "old")
+    engine.set_stable(policy_agent, v2, actor=actor)
+
+    age("young", started_at=99)
+    age("old", started_at=101)
+    assert beat(harness, policy_agent, "young") == "continue"
+    assert beat(harness, policy_agent, "old") == "drain"
+    drain_at = Session.objects.get(session_id="old").drain_at
+    assert drain_at is not None
+    [entry] = audits("session.drain")
+    assert entry.actor == "system"
+    assert "max_session_age_s=100" in entry.reason
+    assert entry.object_repr == "old"
+
+    # Within the grace: drain again, and the first drain time stands.
+    assert beat(harness, policy_agent, "old") == "drain"
+    assert Session.objects.get(session_id="old").drain_at == drain_at
+    assert len(audits("session.drain")) == 1
+
+    age("old", started_at=200, drain_at=31)
+    assert beat(harness, policy_agent, "old") == "terminate"
+    assert state("old") == "expired"
+    assert Session.objects.get(session_id="old").ended_at is not None
+    [expired] = audits("session.expired")
+    assert "drain_grace_s=30" in expired.reason
+    assert beat(harness, policy_agent, "old") == "terminate"
+    assert len(audits("session.expired")) == 1
+    assert state("young") == "live"
+
+
+def test_it_terminates_at_once_with_no_grace(policy_agent, make_version, harness, actor):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "s")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    services.update_agent(policy_agent, changes={"drain_grace_s": 0}, actor=actor)
+    age("s", started_at=101)
+    assert beat(harness, policy_agent, "s") == "terminate"
+    assert state("s") == "expired"
+    assert len(audits("session.drain")) == 1
+    assert len(audits("session.expired")) == 1
+
+
+def test_it_tells_a_reasking_session_to_drain_too(policy_agent, make_version, harness, actor):
+    """A harness that re-posts its session id gets the same directive as a heartbeat."""
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "s")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    age("s", started_at=101)
+    response = harness.post(
+        START.format(slug=policy_agent.slug), {"session_id": "s"}, format="json"
+    )
+    assert response.status_code == 200
+    assert response.json()["directive"] == "drain"
+    assert response.json()["version"]["id"] == v1.pk
+
+
+def test_it_applies_a_changed_policy_at_the_very_next_heartbeat(
+    policy_agent, make_version, harness, actor, release_manager
+):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "s")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    age("s", started_at=50)
+    assert beat(harness, policy_agent, "s") == "continue"
+
+    response = release_manager.patch(
+        f"/api/agents/{policy_agent.slug}/",
+        {"drain_policy": {"max_session_age_s": 40}, "reason": "tighten"},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    assert beat(harness, policy_agent, "s") == "drain"
+
+    age("s", drain_at=20)
+    assert beat(harness, policy_agent, "s") == "drain"
+    services.update_agent(policy_agent, changes={"drain_grace_s": 10}, actor=actor)
+    assert beat(harness, policy_agent, "s") == "terminate"
+    assert state("s") == "expired"
+
+
+# --- idle_timeout_s -----------------------------------------------------------------
+
+
+def test_it_marks_idle_sessions_abandoned(policy_agent, make_version, harness, actor):
+    engine.set_stable(policy_agent, make_version(policy_agent), actor=actor)
+    for sid in ("idle", "busy", "edge"):
+        start(harness, policy_agent, sid)
+    age("idle", last_seen_at=61)
+    age("edge", last_seen_at=55)
+
+    result = drain.enforce_policies(policy_agent)
+    assert result["abandoned"] == 1
+    assert (state("idle"), state("busy"), state("edge")) == ("abandoned", "live", "live")
+    [entry] = audits("sessions.abandoned")
+    assert entry.actor == "system"
+    assert "idle_timeout_s=60" in entry.reason
+    assert entry.after["sessions"] == ["idle"]
+
+    assert beat(harness, policy_agent, "idle") == "terminate"
+    assert state("idle") == "abandoned"
+    assert beat(harness, policy_agent, "busy") == "continue"
+    # A second pass finds nothing more to do.
+    assert drain.enforce_policies(policy_agent)["abandoned"] == 0
+    assert len(audits("sessions.abandoned")) == 1
+
+
+def test_it_reads_the_idle_timeout_at_each_pass(policy_agent, make_version, harness, actor):
+    engine.set_stable(policy_agent, make_version(policy_agent), actor=actor)
+    start(harness, policy_agent, "s")
+    age("s", last_seen_at=30)
+    assert drain.enforce_policies(policy_agent)["abandoned"] == 0
+    services.update_agent(policy_agent, changes={"idle_timeout_s": 20}, actor=actor)
+    policy_agent.refresh_from_db()
+    assert drain.enforce_policies(policy_agent)["abandoned"] == 1
+
+
+def test_a_heartbeat_keeps_a_session_from_being_abandoned(
+    policy_agent, make_version, harness, actor
+):
+    engine.set_stable(policy_agent, make_version(policy_agent), actor=actor)
+    start(harness, policy_agent, "s")
+    age("s", last_seen_at=61)
+    beat(harness, policy_agent, "s")
+    assert drain.enforce_policies(policy_agent)["abandoned"] == 0
+    assert state("s") == "live"
+
+
+# --- max_live_versions and forced drains -----------------------------------------------
+
+
+def test_it_force_drains_the_oldest_draining_version_past_the_cap(
+    policy_agent, make_version, harness, actor
+):
+    services.update_agent(policy_agent, changes={"max_live_versions": 2}, actor=actor)
+    policy_agent.refresh_from_db()
+    v1, v2, v3 = (make_version(policy_agent) for _ in range(3))
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "on-v1")
+    start(harness, policy_agent, "on-v1-b")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    start(harness, policy_agent, "on-v2")
+    assert drain.enforce_policies(policy_agent)["force_drained"] == []  # two live: at the cap
+    engine.set_stable(policy_agent, v3, actor=actor)
+    start(harness, policy_agent, "on-v3")
+
+    result = drain.enforce_policies(policy_agent)
+    assert result["force_drained"] == [v1.pk]
+    [entry] = audits("version.force_drained")
+    assert entry.object_id == str(v1.pk)
+    assert entry.actor == "system"
+    assert "max_live_versions=2" in entry.reason
+    assert entry.after == {"sessions_told_to_drain": 2}
+    lifecycle = Lifecycle.objects.get(pk=v1.pk)
+    assert lifecycle.forced_drain_at is not None
+    assert "max_live_versions" in lifecycle.forced_drain_reason
+
+    assert beat(harness, policy_agent, "on-v1") == "drain"
+    assert beat(harness, policy_agent, "on-v2") == "continue"
+    assert beat(harness, policy_agent, "on-v3") == "continue"
+    # Handled already: the next pass forces nothing more while v1 drains.
+    assert drain.enforce_policies(policy_agent)["force_drained"] == []
+    assert len(audits("version.force_drained")) == 1
+
+    # The grace runs out for the session that went quiet: the beat expires it, and v1
+    # is drained once its last session ends.
+    age("on-v1-b", drain_at=31)
+    assert drain.enforce_policies(policy_agent)["expired"] == 1
+    assert state("on-v1-b") == "expired"
+    assert "drain_grace_s=30" in audits("sessions.expired")[0].reason
+    assert not audits("version.drained")
+    harness.post(END.format(slug=policy_agent.slug, sid="on-v1"), {}, format="json")
+    [drained] = audits("version.drained")
+    assert drained.object_id == str(v1.pk)
+
+
+def test_it_evacuates_on_agent_rollback(policy_agent, make_version, harness, actor):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    engine.set_stable(policy_agent, v2, actor=actor)
+    start(harness, policy_agent, "on-v2")
+    engine.rollback_agent(policy_agent, actor=actor, reason="bad answers", evacuate=True)
+
+    assert beat(harness, policy_agent, "on-v2") == "drain"
+    [entry] = audits("version.evacuated")
+    assert entry.object_id == str(v2.pk)
+    assert entry.reason == "bad answers"
+    assert entry.after == {"sessions_told_to_drain": 1}
+    age("on-v2", drain_at=31)
+    assert beat(harness, policy_agent, "on-v2") == "terminate"
+    assert state("on-v2") == "expired"
+
+
+def test_it_evacuates_on_rollout_rollback(policy_agent, make_version, harness, actor):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    rollout = engine.start_rollout(
+        policy_agent,
+        candidate=v2,
+        stages=[{"percent": 99}, {"percent": 100}],
+        gates=[],
+        actor=actor,
+    )
+    for i in range(20):
+        start(harness, policy_agent, f"s{i}")
+    engine.transition(rollout.pk, "rollback", actor=actor, reason="regression", evacuate=True)
+
+    on_candidate = Session.objects.filter(version=v2).values_list("session_id", flat=True)
+    assert on_candidate
+    for sid in on_candidate:
+        assert beat(harness, policy_agent, sid) == "drain"
+    for sid in Session.objects.filter(version=v1).values_list("session_id", flat=True):
+        assert beat(harness, policy_agent, sid) == "continue"
+    assert audits("version.evacuated")[0].object_id == str(v2.pk)
+
+
+# --- lifecycle ----------------------------------------------------------------------
+
+
+def test_it_records_the_drain_start_and_the_drained_event(
+    policy_agent, make_version, harness, actor
+):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    for sid in ("a", "b", "c", "done"):
+        start(harness, policy_agent, sid)
+    harness.post(END.format(slug=policy_agent.slug, sid="done"), {}, format="json")
+
+    before = timezone.now()
+    engine.set_stable(policy_agent, v2, actor=actor)
+    lifecycle = Lifecycle.objects.get(pk=v1.pk)
+    assert lifecycle.drain_started_at >= before
+    assert lifecycle.live_at_drain_start == 3
+    assert lifecycle.drained_at is None
+    assert Lifecycle.objects.get(pk=v2.pk).drain_started_at is None
+
+    for sid in ("a", "b"):
+        harness.post(END.format(slug=policy_agent.slug, sid=sid), {}, format="json")
+        assert not audits("version.drained")
+    harness.post(END.format(slug=policy_agent.slug, sid="c"), {}, format="json")
+    [event] = audits("version.drained")
+    assert event.object_id == str(v1.pk)
+    assert event.actor == "system"
+    assert event.reason
+    assert Lifecycle.objects.get(pk=v1.pk).drained_at is not None
+    assert drain.enforce_policies(policy_agent)["drained"] == []
+    assert len(audits("version.drained")) == 1
+
+
+def test_it_records_drained_when_the_last_session_expires_at_a_heartbeat(
+    policy_agent, make_version, harness, actor
+):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "s")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    age("s", started_at=200, drain_at=40)
+    assert beat(harness, policy_agent, "s") == "terminate"
+    [event] = audits("version.drained")
+    assert event.object_id == str(v1.pk)
+
+
+def test_it_records_drained_when_the_beat_abandons_the_last_session(
+    policy_agent, make_version, harness, actor
+):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "s")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    age("s", last_seen_at=61)
+    result = drain.enforce_policies(policy_agent)
+    assert result["abandoned"] == 1
+    assert result["drained"] == [v1.pk]
+    assert audits("version.drained")[0].object_id == str(v1.pk)
+
+
+def test_a_version_drained_of_sessions_is_active_again_after_a_rollback_to_it(
+    policy_agent, make_version, harness, actor
+):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "s")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    harness.post(END.format(slug=policy_agent.slug, sid="s"), {}, format="json")
+    states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
+    assert states == {v1.pk: "drained", v2.pk: "active"}
+
+    engine.rollback_agent(policy_agent, actor=actor, reason="back")
+    states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
+    assert states[v1.pk] == "active"
+    lifecycle = Lifecycle.objects.get(pk=v1.pk)
+    assert (lifecycle.drain_started_at, lifecycle.drained_at) == (None, None)
+    assert start(harness, policy_agent, "new")["version"]["id"] == v1.pk
+    # And v2 drains in turn.
+    assert Lifecycle.objects.get(pk=v2.pk).drain_started_at is not None
+
+
+def test_a_draining_version_is_active_again_when_it_gets_weight(
+    policy_agent, make_version, harness, actor
+):
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "s")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    age("s", started_at=101)
+    with transaction.atomic():
+        routing = engine._lock_routing(policy_agent)
+        engine._set_weights(routing, {v1.pk: 1, v2.pk: FULL - 1}, timezone.now())
+    states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
+    assert states == {v1.pk: "active", v2.pk: "active"}
+    # Active again: old sessions on it are no longer told to drain.
+    assert beat(harness, policy_agent, "s") == "continue"

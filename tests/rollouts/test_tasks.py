@@ -1,0 +1,163 @@
+"""The beat's rollout task (DESIGN §6): it advances, halts and rolls back as ``system``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from metrics.gates import validate_gates
+from rollouts import engine, tasks
+from rollouts.models import Rollout, RolloutEvent, Routing
+from versions.models import Agent, AuditEntry
+
+pytestmark = pytest.mark.django_db
+
+QUICK = {"min_duration_s": 0, "min_sessions": 0}
+
+
+@pytest.fixture
+def v1(agent, make_version):
+    version = make_version(agent, "v1")
+    engine.set_stable(agent, version, actor="test")
+    return version
+
+
+@pytest.fixture
+def v2(agent, make_version):
+    return make_version(agent, "v2")
+
+
+def start(agent, candidate, stages: Any, gates: Any = (), **kwargs: Any) -> Rollout:
+    return engine.start_rollout(
+        agent,
+        candidate=candidate,
+        stages=engine.validate_stages(stages),
+        gates=validate_gates(list(gates)),
+        actor="alice",
+        **kwargs,
+    )
+
+
+def run_beat() -> dict:
+    result = tasks.evaluate_rollouts.apply()
+    assert result.successful(), result.traceback
+    return result.get()
+
+
+def weights(agent) -> dict[int, int]:
+    return {int(k): v for k, v in Routing.objects.get(agent=agent).weights.items()}
+
+
+def test_the_beat_advances_a_ready_stage_as_system(agent, v1, v2):
+    rollout = start(
+        agent, v2, [{"percent": 5, **QUICK}, {"percent": 50, "min_duration_s": 3600}, 100]
+    )
+    assert run_beat() == {"evaluated": 1, "changed": 1}
+
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.stage) == ("running", 1)
+    assert weights(agent) == {v1.pk: 5000, v2.pk: 5000}
+    event = rollout.events.last()
+    assert (event.actor, event.action, event.from_stage, event.to_stage) == (
+        "system",
+        "auto_advance",
+        0,
+        1,
+    )
+    assert event.evaluation["verdict"] == "advance"
+    entry = AuditEntry.objects.get(action="rollout.auto_advance")
+    assert (entry.actor, entry.actor_user) == ("system", None)
+    assert entry.reason == event.reason
+    assert (entry.before["stage"], entry.after["stage"]) == (0, 1)
+
+
+def test_the_beat_is_idempotent_while_a_stage_is_not_ready(agent, v1, v2):
+    rollout = start(
+        agent, v2, [{"percent": 5, **QUICK}, {"percent": 50, "min_duration_s": 3600}, 100]
+    )
+    run_beat()
+    audit = AuditEntry.objects.count()
+    assert run_beat() == {"evaluated": 1, "changed": 0}
+    assert run_beat() == {"evaluated": 1, "changed": 0}
+    rollout.refresh_from_db()
+    assert rollout.stage == 1
+    assert AuditEntry.objects.count() == audit
+    assert rollout.events.filter(action="auto_advance").count() == 1
+    assert rollout.last_evaluation["verdict"] == "hold"
+
+
+def test_the_beat_promotes_at_the_last_stage(agent, v1, v2):
+    rollout = start(agent, v2, [{"percent": 50, **QUICK}, 100])
+    run_beat()
+    rollout.refresh_from_db()
+    assert rollout.state == "promoted"
+    assert weights(agent) == {v2.pk: 10000}
+    assert Agent.objects.get(pk=agent.pk).stable_id == v2.pk
+
+
+def test_the_beat_halts_an_overdue_stage_as_inconclusive(agent, v1, v2):
+    rollout = start(
+        agent,
+        v2,
+        [{"percent": 5, "min_duration_s": 0, "min_sessions": 10, "max_duration_s": 0}, 100],
+    )
+    run_beat()
+    rollout.refresh_from_db()
+    assert rollout.state == "halted"
+    assert weights(agent) == {v1.pk: 10000}
+    event = rollout.events.last()
+    assert (event.actor, event.action) == ("system", "halt")
+    assert event.reason.startswith("inconclusive")
+    assert AuditEntry.objects.get(action="rollout.halt").actor == "system"
+
+
+def test_the_beat_never_advances_past_an_inconclusive_critical_gate(agent, v1, v2):
+    rollout = start(
+        agent,
+        v2,
+        [{"percent": 5, **QUICK}, 100],
+        gates=[{"metric": "success_rate", "max_decrease": 0.05}],
+    )
+    for _ in range(3):
+        run_beat()
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.stage) == ("running", 0)
+    assert rollout.last_evaluation["gates"][0]["verdict"] == "inconclusive"
+
+
+def test_the_beat_leaves_paused_halted_and_closed_rollouts_alone(agent, v1, v2, make_version):
+    rollout = start(agent, v2, [{"percent": 5, **QUICK}, 100])
+    engine.transition(rollout.pk, "pause", actor="alice")
+    assert run_beat() == {"evaluated": 0, "changed": 0}
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.stage) == ("paused", 0)
+    engine.transition(rollout.pk, "rollback", actor="alice")
+    assert run_beat() == {"evaluated": 0, "changed": 0}
+    assert not RolloutEvent.objects.filter(actor="system").exists()
+
+
+def test_the_beat_evaluates_at_the_time_it_is_given(agent, v1, v2):
+    """The verdict it acts on is the one for ``now``, not for the wall clock."""
+    rollout = start(
+        agent,
+        v2,
+        [
+            {"percent": 5, "min_duration_s": 600, "min_sessions": 0},
+            {"percent": 50, "min_duration_s": 600},
+            100,
+        ],
+    )
+    later = rollout.started_at + timedelta(seconds=601)
+    assert engine.evaluate_open_rollouts(now=later) == {"evaluated": 1, "changed": 1}
+    rollout.refresh_from_db()
+    assert rollout.stage == 1
+    assert rollout.stage_started_at == later
+    # The new stage's clock starts at that time too: ten minutes more are needed.
+    assert engine.evaluate_open_rollouts(now=later + timedelta(seconds=300)) == {
+        "evaluated": 1,
+        "changed": 0,
+    }
+    rollout.refresh_from_db()
+    assert rollout.stage == 1
