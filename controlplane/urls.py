@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
+from controlplane.schema import DocsView
 from versions import api as versions_api
 
 api = [
@@ -15,7 +16,7 @@ api = [
     path("audit/", versions_api.AuditList.as_view(), name="audit-list"),
     path("", include("rollouts.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("docs/", DocsView.as_view(url_name="schema"), name="docs"),
 ]
 
 urlpatterns = [

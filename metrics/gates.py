@@ -42,7 +42,7 @@ TOLERANCES = ("max_increase", "max_decrease", "max_relative_change")
 class GateError(ValueError):
     """A gate spec that cannot be evaluated; ``errors`` maps field to message."""
 
-    def __init__(self, errors: dict[str, str]) -> None:
+    def __init__(self, errors: dict[str, Any]) -> None:
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
         self.errors = errors
 
@@ -84,7 +84,17 @@ def validate_gate(spec: Any) -> dict[str, Any]:
 def validate_gates(specs: Any) -> list[dict[str, Any]]:
     if not isinstance(specs, list):
         raise GateError({"gates": "Expected a list of gates."})
-    gates = [validate_gate(spec) for spec in specs]
+    gates, errors = [], []
+    for spec in specs:
+        try:
+            gates.append(validate_gate(spec))
+            errors.append({})
+        except GateError as exc:
+            errors.append({key: [message] for key, message in exc.errors.items()})
+    if any(errors):
+        # DRF's shape for a list of objects: one error object per gate, in order, so a
+        # client can tell which gate is wrong.
+        raise GateError({"gates": errors})
     seen = set()
     for gate in gates:
         key = (gate["metric"], gate["stat"])

@@ -75,9 +75,16 @@ class RoutingView(APIView):
 
 
 class StableView(APIView):
-    @extend_schema(request=inline_serializer("SetStable", {
-        "version": serializers.IntegerField(),
-        "reason": serializers.CharField(required=False)}), responses=dict)
+    @extend_schema(
+        request=inline_serializer(
+            "SetStable",
+            {
+                "version": serializers.IntegerField(),
+                "reason": serializers.CharField(required=False),
+            },
+        ),
+        responses=dict,
+    )
     def post(self, request: Request, slug: str) -> Response:
         agent = _agent(slug)
         data = request.data if isinstance(request.data, dict) else {}
@@ -85,21 +92,36 @@ class StableView(APIView):
         body = ReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            routing = engine.set_stable(agent, version, actor=request.user,
-                                        reason=body.validated_data["reason"])
+            routing = engine.set_stable(
+                agent, version, actor=request.user, reason=body.validated_data["reason"]
+            )
         except engine.TransitionError as exc:
             raise Conflict(str(exc)) from None
         return Response(routing_payload(agent, routing))
 
 
+class AgentRollbackSerializer(ReasonSerializer):
+    epoch = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=0,
+        help_text="The routing epoch you looked at; the rollback is refused (409) if the "
+        "routing changed since, so a double click rolls back one step only.",
+    )
+
+
 class AgentRollbackView(APIView):
-    @extend_schema(request=ReasonSerializer, responses=dict)
+    @extend_schema(request=AgentRollbackSerializer, responses=dict)
     def post(self, request: Request, slug: str) -> Response:
         agent = _agent(slug)
-        body = ReasonSerializer(data=request.data)
+        body = AgentRollbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
         try:
-            routing = engine.rollback_agent(agent, actor=request.user, **body.validated_data)
+            routing = engine.rollback_agent(
+                agent, actor=request.user, expect_epoch=data.pop("epoch"), **data
+            )
         except engine.TransitionError as exc:
             raise Conflict(str(exc)) from None
         agent.refresh_from_db()
@@ -120,9 +142,25 @@ class RolloutSerializer(serializers.ModelSerializer):
     class Meta:
         model = Rollout
         fields = [
-            "id", "agent", "state", "stage", "percent", "candidate", "baseline", "stages",
-            "gates", "auto_rollback", "warnings", "evaluations", "events", "started_at",
-            "stage_started_at", "stage_deadline", "ended_at", "created_by", "evaluated_at",
+            "id",
+            "agent",
+            "state",
+            "stage",
+            "percent",
+            "candidate",
+            "baseline",
+            "stages",
+            "gates",
+            "auto_rollback",
+            "warnings",
+            "evaluations",
+            "events",
+            "started_at",
+            "stage_started_at",
+            "stage_deadline",
+            "ended_at",
+            "created_by",
+            "evaluated_at",
         ]
 
     def get_evaluations(self, rollout: Rollout) -> list[dict]:
@@ -134,9 +172,16 @@ class RolloutSerializer(serializers.ModelSerializer):
 
     def get_events(self, rollout: Rollout) -> list[dict]:
         return [
-            {"at": e.at, "actor": e.actor, "action": e.action, "from_state": e.from_state,
-             "to_state": e.to_state, "from_stage": e.from_stage, "to_stage": e.to_stage,
-             "reason": e.reason}
+            {
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "from_state": e.from_state,
+                "to_state": e.to_state,
+                "from_stage": e.from_stage,
+                "to_stage": e.to_stage,
+                "reason": e.reason,
+            }
             for e in rollout.events.all()
         ]
 
@@ -155,8 +200,11 @@ class RolloutCreateSerializer(serializers.Serializer):
 
 
 def _rollout_response(rollout_id: int, code: int = status.HTTP_200_OK) -> Response:
-    rollout = Rollout.objects.select_related("agent", "created_by").prefetch_related(
-        "events").get(pk=rollout_id)
+    rollout = (
+        Rollout.objects.select_related("agent", "created_by")
+        .prefetch_related("events")
+        .get(pk=rollout_id)
+    )
     return Response(RolloutSerializer(rollout).data, status=code)
 
 
@@ -164,8 +212,11 @@ class AgentRollouts(APIView):
     @extend_schema(responses=RolloutSerializer(many=True))
     def get(self, request: Request, slug: str) -> Response:
         agent = _agent(slug)
-        rollouts = Rollout.objects.filter(agent=agent).select_related(
-            "agent", "created_by").prefetch_related("events")[:100]
+        rollouts = (
+            Rollout.objects.filter(agent=agent)
+            .select_related("agent", "created_by")
+            .prefetch_related("events")[:100]
+        )
         return Response(RolloutSerializer(rollouts, many=True).data)
 
     @extend_schema(request=RolloutCreateSerializer, responses={201: RolloutSerializer})
@@ -175,20 +226,33 @@ class AgentRollouts(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         candidate = _version_of(agent, data["candidate"], "candidate")
-        baseline = (_version_of(agent, data["baseline"], "baseline")
-                    if data.get("baseline") is not None else None)
+        baseline = (
+            _version_of(agent, data["baseline"], "baseline")
+            if data.get("baseline") is not None
+            else None
+        )
         try:
             stages = engine.validate_stages(data.get("stages"))
             gates = validate_gates(data.get("gates", []))
             rollout = engine.start_rollout(
-                agent, candidate=candidate, baseline=baseline, stages=stages, gates=gates,
-                auto_rollback=data["auto_rollback"], supersede=data["supersede"],
-                actor=request.user, reason=data["reason"],
+                agent,
+                candidate=candidate,
+                baseline=baseline,
+                stages=stages,
+                gates=gates,
+                auto_rollback=data["auto_rollback"],
+                supersede=data["supersede"],
+                actor=request.user,
+                reason=data["reason"],
             )
         except (engine.StageError, GateError) as exc:
             # DRF's shape, as for every other field: {"field": ["message", ...]}.
-            raise ValidationError({key: [message] if isinstance(message, str) else message
-                                   for key, message in exc.errors.items()}) from None
+            raise ValidationError(
+                {
+                    key: [message] if isinstance(message, str) else message
+                    for key, message in exc.errors.items()
+                }
+            ) from None
         except engine.TransitionError as exc:
             raise Conflict(str(exc)) from None
         return _rollout_response(rollout.pk, status.HTTP_201_CREATED)
@@ -233,8 +297,12 @@ class SessionCreate(APIView):
     read_roles = HARNESS_AND_MANAGER
     write_roles = HARNESS_AND_MANAGER
 
-    @extend_schema(request=inline_serializer("SessionStart", {
-        "session_id": serializers.CharField(max_length=200)}), responses={201: dict, 200: dict})
+    @extend_schema(
+        request=inline_serializer(
+            "SessionStart", {"session_id": serializers.CharField(max_length=200)}
+        ),
+        responses={201: dict, 200: dict},
+    )
     def post(self, request: Request, slug: str) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
         session_id = _session_id(data.get("session_id"))
@@ -245,9 +313,13 @@ class SessionCreate(APIView):
         except sessions.NoRoute:
             raise Conflict("The agent has no stable version yet; nothing to route to.") from None
         return Response(
-            {"session_id": assignment.session_id, "version": version,
-             "directive": assignment.directive, "state": assignment.state,
-             "started_at": assignment.started_at},
+            {
+                "session_id": assignment.session_id,
+                "version": version,
+                "directive": assignment.directive,
+                "state": assignment.state,
+                "started_at": assignment.started_at,
+            },
             status=status.HTTP_201_CREATED if assignment.created else status.HTTP_200_OK,
         )
 
@@ -262,8 +334,9 @@ class SessionHeartbeat(APIView):
             session = sessions.heartbeat(slug, session_id)
         except sessions.NotFound:
             raise NotFound(f"No session {session_id!r} for agent {slug!r}.") from None
-        return Response({"directive": session.directive, "state": session.state,
-                         "version": session.version_id})
+        return Response(
+            {"directive": session.directive, "state": session.state, "version": session.version_id}
+        )
 
 
 class OutcomeSerializer(serializers.Serializer):
@@ -287,8 +360,9 @@ class OutcomeSerializer(serializers.Serializer):
                 errors[key] = ["Must be true, false or null."]
         for key in ("latency_ms", "cost_usd", "feedback"):
             value = data.get(key)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
                 errors[key] = ["Must be a number or null."]
         if errors:
             raise ValidationError(errors)
@@ -311,16 +385,26 @@ class SessionEnd(APIView):
             session, changed = sessions.end(slug, session_id, body.validated_data["outcome"])
         except sessions.NotFound:
             raise NotFound(f"No session {session_id!r} for agent {slug!r}.") from None
-        return Response({"session_id": session.session_id, "state": session.state,
-                         "ended_at": session.ended_at, "already_ended": not changed})
+        return Response(
+            {
+                "session_id": session.session_id,
+                "state": session.state,
+                "ended_at": session.ended_at,
+                "already_ended": not changed,
+            }
+        )
 
 
 class SessionFeedback(APIView):
     read_roles = HARNESS_AND_MANAGER
     write_roles = HARNESS_AND_MANAGER
 
-    @extend_schema(request=inline_serializer("Feedback", {
-        "feedback": serializers.FloatField(min_value=-1, max_value=1)}), responses=dict)
+    @extend_schema(
+        request=inline_serializer(
+            "Feedback", {"feedback": serializers.FloatField(min_value=-1, max_value=1)}
+        ),
+        responses=dict,
+    )
     def post(self, request: Request, slug: str, session_id: str) -> Response:
         value = request.data.get("feedback") if isinstance(request.data, dict) else None
         if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
@@ -341,10 +425,16 @@ def fleet_payload(agent: Agent) -> dict[str, Any]:
         "agent": agent.slug,
         "stable": agent.stable_id,
         "versions": [
-            {"id": row.version.pk, "label": row.version.label,
-             "fingerprint": row.version.fingerprint, "state": row.state, "weight": row.weight,
-             "live_sessions": row.live_sessions, "total_sessions": row.total_sessions,
-             "drain": row.drain}
+            {
+                "id": row.version.pk,
+                "label": row.version.label,
+                "fingerprint": row.version.fingerprint,
+                "state": row.state,
+                "weight": row.weight,
+                "live_sessions": row.live_sessions,
+                "total_sessions": row.total_sessions,
+                "drain": row.drain,
+            }
             for row in rows
         ],
     }

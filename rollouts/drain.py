@@ -16,7 +16,16 @@ from versions.audit import SYSTEM, record
 from versions.models import Agent, Version
 
 INACTIVE, ACTIVE, DRAINING, DRAINED = "inactive", "active", "draining", "drained"
-SURVIVAL_SAMPLE = 5000  # most recent sessions feeding the survival estimate
+SURVIVAL_SAMPLE = 5000
+NOT_DRAINING = {
+    "started_at": None,
+    "live_at_start": None,
+    "progress": None,
+    "eta_s": None,
+    "forced": False,
+    "forced_reason": "",
+    "drained_at": None,
+}  # most recent sessions feeding the survival estimate
 
 
 def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
@@ -42,7 +51,10 @@ def mark_drained_if_empty(agent: Agent, version_id: int, now: datetime | None = 
         ).update(drained_at=now)
         if updated:
             record(
-                "version.drained", Version.objects.get(pk=version_id), actor=SYSTEM, agent=agent,
+                "version.drained",
+                Version.objects.get(pk=version_id),
+                actor=SYSTEM,
+                agent=agent,
                 reason="no live sessions left and no weight: infrastructure can scale down",
                 after={"drained_at": now.isoformat()},
             )
@@ -56,19 +68,27 @@ def abandon_idle(agent: Agent, now: datetime) -> int:
     cutoff = now - timedelta(seconds=agent.idle_timeout_s)
     with transaction.atomic():
         idle = list(
-            Session.objects.filter(agent=agent, state=SessionState.LIVE, last_seen_at__lt=cutoff)
-            .values_list("pk", "session_id")[:5000]
+            Session.objects.filter(
+                agent=agent, state=SessionState.LIVE, last_seen_at__lt=cutoff
+            ).values_list("pk", "session_id")[:5000]
         )
         if not idle:
             return 0
         count = Session.objects.filter(
             pk__in=[pk for pk, _ in idle], state=SessionState.LIVE, last_seen_at__lt=cutoff
-        ).update(state=SessionState.ABANDONED, ended_at=now,
-                 end_reason=f"no heartbeat for {agent.idle_timeout_s}s")
-        record("sessions.abandoned", agent, actor=SYSTEM,
-               reason=f"idle_timeout_s={agent.idle_timeout_s}: no heartbeat since "
-               f"{cutoff.isoformat()}",
-               after={"count": count, "sessions": [sid for _, sid in idle[:100]]})
+        ).update(
+            state=SessionState.ABANDONED,
+            ended_at=now,
+            end_reason=f"no heartbeat for {agent.idle_timeout_s}s",
+        )
+        record(
+            "sessions.abandoned",
+            agent,
+            actor=SYSTEM,
+            reason=f"idle_timeout_s={agent.idle_timeout_s}: no heartbeat since "
+            f"{cutoff.isoformat()}",
+            after={"count": count, "sessions": [sid for _, sid in idle[:100]]},
+        )
     return count
 
 
@@ -78,18 +98,22 @@ def expire_overdue(agent: Agent, now: datetime) -> int:
     cutoff = now - timedelta(seconds=agent.drain_grace_s)
     with transaction.atomic():
         overdue = list(
-            Session.objects.filter(agent=agent, state=SessionState.LIVE, drain_at__lte=cutoff)
-            .values_list("pk", "session_id")[:5000]
+            Session.objects.filter(
+                agent=agent, state=SessionState.LIVE, drain_at__lte=cutoff
+            ).values_list("pk", "session_id")[:5000]
         )
         if not overdue:
             return 0
-        count = Session.objects.filter(pk__in=[pk for pk, _ in overdue],
-                                       state=SessionState.LIVE).update(
-            state=SessionState.EXPIRED, ended_at=now, end_reason="drain grace elapsed"
+        count = Session.objects.filter(
+            pk__in=[pk for pk, _ in overdue], state=SessionState.LIVE
+        ).update(state=SessionState.EXPIRED, ended_at=now, end_reason="drain grace elapsed")
+        record(
+            "sessions.expired",
+            agent,
+            actor=SYSTEM,
+            reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
+            after={"count": count, "sessions": [sid for _, sid in overdue[:100]]},
         )
-        record("sessions.expired", agent, actor=SYSTEM,
-               reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
-               after={"count": count, "sessions": [sid for _, sid in overdue[:100]]})
     return count
 
 
@@ -102,7 +126,9 @@ def enforce_max_live_versions(agent: Agent, now: datetime) -> list[int]:
             return []
         live = dict(
             Session.objects.filter(agent=agent, state=SessionState.LIVE)
-            .values_list("version_id").annotate(n=Count("id")).order_by()
+            .values_list("version_id")
+            .annotate(n=Count("id"))
+            .order_by()
         )
         excess = len(live) - agent.max_live_versions
         if excess <= 0:
@@ -119,16 +145,24 @@ def enforce_max_live_versions(agent: Agent, now: datetime) -> list[int]:
                 break
             if lifecycle.forced_drain_at is not None:
                 continue
-            reason = (f"max_live_versions={agent.max_live_versions}: {len(live)} versions "
-                      "have live sessions; the oldest draining version is force-drained")
-            told = Session.objects.filter(version_id=lifecycle.version_id,
-                                          state=SessionState.LIVE,
-                                          drain_at__isnull=True).update(drain_at=now)
-            Lifecycle.objects.filter(pk=lifecycle.pk).update(forced_drain_at=now,
-                                                             forced_drain_reason=reason)
-            record("version.force_drained", Version.objects.get(pk=lifecycle.version_id),
-                   actor=SYSTEM, agent=agent, reason=reason,
-                   after={"sessions_told_to_drain": told})
+            reason = (
+                f"max_live_versions={agent.max_live_versions}: {len(live)} versions "
+                "have live sessions; the oldest draining version is force-drained"
+            )
+            told = Session.objects.filter(
+                version_id=lifecycle.version_id, state=SessionState.LIVE, drain_at__isnull=True
+            ).update(drain_at=now)
+            Lifecycle.objects.filter(pk=lifecycle.pk).update(
+                forced_drain_at=now, forced_drain_reason=reason
+            )
+            record(
+                "version.force_drained",
+                Version.objects.get(pk=lifecycle.version_id),
+                actor=SYSTEM,
+                agent=agent,
+                reason=reason,
+                after={"sessions_told_to_drain": told},
+            )
             forced.append(lifecycle.version_id)
     return forced
 
@@ -202,9 +236,10 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     weights = {int(k): int(v) for k, v in (routing.weights if routing else {}).items()}
     counts = {
         row["version_id"]: row
-        for row in Session.objects.filter(agent=agent).values("version_id").annotate(
-            live=Count("id", filter=Q(state=SessionState.LIVE)), total=Count("id")
-        ).order_by()
+        for row in Session.objects.filter(agent=agent)
+        .values("version_id")
+        .annotate(live=Count("id", filter=Q(state=SessionState.LIVE)), total=Count("id"))
+        .order_by()
     }
     versions = list(
         Version.objects.filter(agent=agent).select_related("lifecycle", "agent").order_by("-id")
@@ -213,8 +248,9 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     for version in versions:
         lifecycle = getattr(version, "lifecycle", None)
         live = counts.get(version.pk, {}).get("live", 0)
-        rows.append((version, lifecycle, live,
-                     version_state(weights.get(version.pk, 0), live, lifecycle)))
+        rows.append(
+            (version, lifecycle, live, version_state(weights.get(version.pk, 0), live, lifecycle))
+        )
 
     # The most recently drained first: the previous stable is among them.
     drained = sorted(
@@ -222,7 +258,7 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
         key=lambda r: (r[1].drain_started_at is not None, r[1].drain_started_at, r[0].pk),
         reverse=True,
     )
-    hidden = {r[0].pk for r in drained[agent.retain_drained:]}
+    hidden = {r[0].pk for r in drained[agent.retain_drained :]}
     draining = [r[0].pk for r in rows if r[3] == DRAINING and r[1] and r[1].drain_started_at]
     ages: dict[int, list[float]] = {pk: [] for pk in draining}
     curve = None
@@ -237,15 +273,19 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     for version, lifecycle, live, state in rows:
         if version.pk in hidden:
             continue
-        drain = None
+        # Always an object, so clients can read drain["progress"] without a null check;
+        # its fields are null while the version is not draining.
+        drain = dict(NOT_DRAINING)
         if state in (DRAINING, DRAINED) and lifecycle and lifecycle.drain_started_at:
             at_start = lifecycle.live_at_drain_start or 0
             progress = 1.0 if at_start == 0 else max(0.0, min(1.0, 1 - live / at_start))
             eta = 0.0
             if state == DRAINING:
-                bound = policy_drain_bound(ages[version.pk],
-                                           max_session_age_s=agent.max_session_age_s,
-                                           drain_grace_s=agent.drain_grace_s)
+                bound = policy_drain_bound(
+                    ages[version.pk],
+                    max_session_age_s=agent.max_session_age_s,
+                    drain_grace_s=agent.drain_grace_s,
+                )
                 eta = drain_eta(curve, ages[version.pk], policy_bound_s=bound)
             drain = {
                 "started_at": lifecycle.drain_started_at,
@@ -256,6 +296,14 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
                 "forced_reason": lifecycle.forced_drain_reason,
                 "drained_at": lifecycle.drained_at,
             }
-        result.append(FleetVersion(version, state, weights.get(version.pk, 0), live,
-                                   counts.get(version.pk, {}).get("total", 0), drain))
+        result.append(
+            FleetVersion(
+                version,
+                state,
+                weights.get(version.pk, 0),
+                live,
+                counts.get(version.pk, {}).get("total", 0),
+                drain,
+            )
+        )
     return result

@@ -82,13 +82,16 @@ def validate_stages(stages: Any) -> list[dict[str, Any]]:
             raise StageError({where: "percent has at most two decimals (basis points)."})
         normalised = {
             "percent": percent,
-            "min_duration_s": _non_negative_int(stage, "min_duration_s", DEFAULT_MIN_DURATION_S,
-                                                where),
+            "min_duration_s": _non_negative_int(
+                stage, "min_duration_s", DEFAULT_MIN_DURATION_S, where
+            ),
             "min_sessions": _non_negative_int(stage, "min_sessions", DEFAULT_MIN_SESSIONS, where),
             "max_duration_s": _non_negative_int(stage, "max_duration_s", None, where),
         }
-        if (normalised["max_duration_s"] is not None
-                and normalised["max_duration_s"] < normalised["min_duration_s"]):
+        if (
+            normalised["max_duration_s"] is not None
+            and normalised["max_duration_s"] < normalised["min_duration_s"]
+        ):
             raise StageError({where: "max_duration_s must not be below min_duration_s."})
         result.append(normalised)
         previous = percent
@@ -142,8 +145,12 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
         for vid in losing:
             Lifecycle.objects.update_or_create(
                 version_id=vid,
-                defaults={"agent_id": routing.agent_id, "drain_started_at": now,
-                          "live_at_drain_start": live.get(vid, 0), "drained_at": None},
+                defaults={
+                    "agent_id": routing.agent_id,
+                    "drain_started_at": now,
+                    "live_at_drain_start": live.get(vid, 0),
+                    "drained_at": None,
+                },
             )
     for vid in gaining:
         lifecycle, created = Lifecycle.objects.get_or_create(
@@ -151,8 +158,11 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
         )
         if not created:
             Lifecycle.objects.filter(pk=vid).update(
-                drain_started_at=None, live_at_drain_start=None, drained_at=None,
-                forced_drain_at=None, forced_drain_reason="",
+                drain_started_at=None,
+                live_at_drain_start=None,
+                drained_at=None,
+                forced_drain_at=None,
+                forced_drain_reason="",
                 first_routed_at=lifecycle.first_routed_at or now,
             )
     before = {"epoch": routing.epoch, "weights": routing.weights}
@@ -174,11 +184,16 @@ def _evacuate(version_id: int, agent: Agent, now: datetime, actor: Any, reason: 
     count = Session.objects.filter(
         version_id=version_id, state=SessionState.LIVE, drain_at__isnull=True
     ).update(drain_at=now)
-    Lifecycle.objects.filter(pk=version_id).update(forced_drain_at=now,
-                                                   forced_drain_reason=reason)
+    Lifecycle.objects.filter(pk=version_id).update(forced_drain_at=now, forced_drain_reason=reason)
     version = Version.objects.get(pk=version_id)
-    record("version.evacuated", version, actor=actor, agent=agent, reason=reason,
-           after={"sessions_told_to_drain": count})
+    record(
+        "version.evacuated",
+        version,
+        actor=actor,
+        agent=agent,
+        reason=reason,
+        after={"sessions_told_to_drain": count},
+    )
     return count
 
 
@@ -196,9 +211,14 @@ def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") 
             )
         change = _set_weights(routing, {version.pk: FULL}, timezone.now())
         _set_stable(routing, version.pk)
-        record("agent.stable_set", agent, actor=actor, reason=reason,
-               before={**change["before"], "stable": agent.stable_id},
-               after={**change["after"], "stable": version.pk})
+        record(
+            "agent.stable_set",
+            agent,
+            actor=actor,
+            reason=reason,
+            before={**change["before"], "stable": agent.stable_id},
+            after={**change["after"], "stable": version.pk},
+        )
     agent.stable_id = version.pk
     return routing
 
@@ -206,13 +226,27 @@ def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") 
 # --- rollouts -------------------------------------------------------------------------
 
 
-def _event(rollout: Rollout, *, actor: Any, action: str, from_state: str, from_stage: int | None,
-           reason: str = "", evaluation: dict | None = None) -> RolloutEvent:
+def _event(
+    rollout: Rollout,
+    *,
+    actor: Any,
+    action: str,
+    from_state: str,
+    from_stage: int | None,
+    reason: str = "",
+    evaluation: dict | None = None,
+) -> RolloutEvent:
     name = actor.get_username() if getattr(actor, "is_authenticated", False) else str(actor)
     return RolloutEvent.objects.create(
-        rollout=rollout, actor=name, action=action, from_state=from_state,
-        to_state=rollout.state, from_stage=from_stage, to_stage=rollout.stage,
-        reason=reason, evaluation=evaluation,
+        rollout=rollout,
+        actor=name,
+        action=action,
+        from_state=from_state,
+        to_state=rollout.state,
+        from_stage=from_stage,
+        to_stage=rollout.stage,
+        reason=reason,
+        evaluation=evaluation,
     )
 
 
@@ -283,10 +317,22 @@ def start_rollout(
                 )
             from_state = open_rollout.state
             _close(open_rollout, RolloutState.SUPERSEDED, now)
-            _event(open_rollout, actor=actor, action="supersede", from_state=from_state,
-                   from_stage=open_rollout.stage, reason=reason or "superseded by a new rollout")
-            record("rollout.superseded", open_rollout, actor=actor, reason=reason,
-                   before={"state": from_state}, after={"state": open_rollout.state})
+            _event(
+                open_rollout,
+                actor=actor,
+                action="supersede",
+                from_state=from_state,
+                from_stage=open_rollout.stage,
+                reason=reason or "superseded by a new rollout",
+            )
+            record(
+                "rollout.superseded",
+                open_rollout,
+                actor=actor,
+                reason=reason,
+                before={"state": from_state},
+                after={"state": open_rollout.state},
+            )
         diff = diff_versions(baseline, candidate)
         warnings = []
         if len(stages) == 1 and diff["rainbow_required"]:
@@ -296,20 +342,38 @@ def start_rollout(
             )
         user = actor if getattr(actor, "is_authenticated", False) else None
         rollout = Rollout.objects.create(
-            agent=agent, candidate=candidate, baseline=baseline, stages=stages, gates=gates,
-            auto_rollback=auto_rollback, started_at=now, stage_started_at=now,
-            created_by=user, warnings=warnings,
+            agent=agent,
+            candidate=candidate,
+            baseline=baseline,
+            stages=stages,
+            gates=gates,
+            auto_rollback=auto_rollback,
+            started_at=now,
+            stage_started_at=now,
+            created_by=user,
+            warnings=warnings,
         )
         if stages[0]["percent"] == 100:
             change = _promote(routing, rollout, now)
         else:
             change = _set_weights(routing, _stage_weights(rollout, 0), now)
-        _event(rollout, actor=actor, action="start", from_state="", from_stage=None,
-               reason=reason)
-        record("rollout.started", rollout, actor=actor, reason=reason, before=change["before"],
-               after={**change["after"], "state": rollout.state, "candidate": candidate.pk,
-                      "baseline": baseline.pk, "stages": stages, "gates": gates,
-                      "warnings": warnings})
+        _event(rollout, actor=actor, action="start", from_state="", from_stage=None, reason=reason)
+        record(
+            "rollout.started",
+            rollout,
+            actor=actor,
+            reason=reason,
+            before=change["before"],
+            after={
+                **change["after"],
+                "state": rollout.state,
+                "candidate": candidate.pk,
+                "baseline": baseline.pk,
+                "stages": stages,
+                "gates": gates,
+                "warnings": warnings,
+            },
+        )
     return rollout
 
 
@@ -334,13 +398,18 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
     now = now or timezone.now()
     stage = rollout.stages[rollout.stage]
     elapsed = (now - rollout.stage_started_at).total_seconds()
-    counts = outcomes.ended_counts([rollout.candidate_id, rollout.baseline_id],
-                                   rollout.started_at)
-    results = gates_mod.evaluate(rollout.gates, candidate_id=rollout.candidate_id,
-                                 baseline_id=rollout.baseline_id, since=rollout.started_at)
+    counts = outcomes.ended_counts([rollout.candidate_id, rollout.baseline_id], rollout.started_at)
+    results = gates_mod.evaluate(
+        rollout.gates,
+        candidate_id=rollout.candidate_id,
+        baseline_id=rollout.baseline_id,
+        since=rollout.started_at,
+    )
     duration_ok = elapsed >= stage["min_duration_s"]
-    samples_ok = (counts.get(rollout.candidate_id, 0) >= stage["min_sessions"]
-                  and counts.get(rollout.baseline_id, 0) >= stage["min_sessions"])
+    samples_ok = (
+        counts.get(rollout.candidate_id, 0) >= stage["min_sessions"]
+        and counts.get(rollout.baseline_id, 0) >= stage["min_sessions"]
+    )
     critical = [r for r in results if r["critical"]]
     failed = [r["metric"] for r in critical if r["verdict"] == gates_mod.FAIL]
     not_passed = [r["metric"] for r in critical if r["verdict"] != gates_mod.PASS]
@@ -348,11 +417,17 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
         "at": now.isoformat(),
         "stage": rollout.stage,
         "percent": stage["percent"],
-        "min_duration": {"ok": duration_ok, "elapsed_s": round(elapsed, 1),
-                         "required_s": stage["min_duration_s"]},
-        "min_sessions": {"ok": samples_ok, "required": stage["min_sessions"],
-                         "candidate": counts.get(rollout.candidate_id, 0),
-                         "baseline": counts.get(rollout.baseline_id, 0)},
+        "min_duration": {
+            "ok": duration_ok,
+            "elapsed_s": round(elapsed, 1),
+            "required_s": stage["min_duration_s"],
+        },
+        "min_sessions": {
+            "ok": samples_ok,
+            "required": stage["min_sessions"],
+            "candidate": counts.get(rollout.candidate_id, 0),
+            "baseline": counts.get(rollout.baseline_id, 0),
+        },
         "gates": results,
     }
     if failed:
@@ -362,8 +437,10 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
         verdict, reason = "advance", "stage conditions met and every critical gate passes"
     elif stage["max_duration_s"] is not None and elapsed > stage["max_duration_s"]:
         verdict = "halt"
-        reason = (f"inconclusive: stage {rollout.stage} ran past max_duration_s="
-                  f"{stage['max_duration_s']} without passing")
+        reason = (
+            f"inconclusive: stage {rollout.stage} ran past max_duration_s="
+            f"{stage['max_duration_s']} without passing"
+        )
     else:
         waiting = []
         if not duration_ok:
@@ -474,25 +551,50 @@ def transition(
             change = _act_on(routing, rollout, result, now)
             if change is None:
                 return rollout
-            action = {"advance": "auto_advance", "halt": "halt",
-                      "rollback": "auto_rollback"}[result.verdict]
+            action = {"advance": "auto_advance", "halt": "halt", "rollback": "auto_rollback"}[
+                result.verdict
+            ]
             reason = result.reason
         if action in ("rollback", "auto_rollback") and evacuate:
-            _evacuate(rollout.candidate_id, rollout.agent, now, actor,
-                      reason or f"evacuated by rollback of rollout {rollout.pk}")
-        _event(rollout, actor=actor, action=action, from_state=from_state,
-               from_stage=from_stage, reason=reason, evaluation=evaluation)
-        record(f"rollout.{action}", rollout, actor=actor, reason=reason,
-               before={"state": from_state, "stage": from_stage,
-                       **(change["before"] if change else {})},
-               after={"state": rollout.state, "stage": rollout.stage,
-                      **(change["after"] if change else {}),
-                      **({"evaluation": evaluation} if evaluation else {})})
+            _evacuate(
+                rollout.candidate_id,
+                rollout.agent,
+                now,
+                actor,
+                reason or f"evacuated by rollback of rollout {rollout.pk}",
+            )
+        _event(
+            rollout,
+            actor=actor,
+            action=action,
+            from_state=from_state,
+            from_stage=from_stage,
+            reason=reason,
+            evaluation=evaluation,
+        )
+        record(
+            f"rollout.{action}",
+            rollout,
+            actor=actor,
+            reason=reason,
+            before={
+                "state": from_state,
+                "stage": from_stage,
+                **(change["before"] if change else {}),
+            },
+            after={
+                "state": rollout.state,
+                "stage": rollout.stage,
+                **(change["after"] if change else {}),
+                **({"evaluation": evaluation} if evaluation else {}),
+            },
+        )
     return rollout
 
 
-def _act_on(routing: Routing, rollout: Rollout, result: Evaluation,
-            now: datetime) -> dict[str, Any] | None:
+def _act_on(
+    routing: Routing, rollout: Rollout, result: Evaluation, now: datetime
+) -> dict[str, Any] | None:
     if result.verdict == "advance":
         return _advance(routing, rollout, now)
     if result.verdict == "halt":
@@ -502,16 +604,31 @@ def _act_on(routing: Routing, rollout: Rollout, result: Evaluation,
     return None
 
 
-def rollback_agent(agent: Agent, *, actor: Any, reason: str = "",
-                   evacuate: bool = False) -> Routing:
+def rollback_agent(
+    agent: Agent,
+    *,
+    actor: Any,
+    reason: str = "",
+    evacuate: bool = False,
+    expect_epoch: int | None = None,
+) -> Routing:
     """One-click rollback: roll back the open rollout, or else return to the previous
-    stable. Either way it is one routing write, visible to the next assignment."""
+    stable. Either way it is one routing write, visible to the next assignment.
+
+    ``expect_epoch`` is the routing epoch the caller looked at. When given, the rollback
+    applies only to that routing, so a double click or a retried request does not roll
+    back a second step.
+    """
     with transaction.atomic():
         routing = _lock_routing(agent)
+        if expect_epoch is not None and routing.epoch != expect_epoch:
+            raise TransitionError(
+                f"Routing changed since epoch {expect_epoch} (now {routing.epoch}); "
+                "look again before rolling back."
+            )
         open_rollout = Rollout.objects.filter(agent=agent, state__in=OPEN_STATES).first()
         if open_rollout is not None:
-            transition(open_rollout.pk, "rollback", actor=actor, reason=reason,
-                       evacuate=evacuate)
+            transition(open_rollout.pk, "rollback", actor=actor, reason=reason, evacuate=evacuate)
             routing.refresh_from_db()
             return routing
         agent = Agent.objects.get(pk=agent.pk)
@@ -528,9 +645,14 @@ def rollback_agent(agent: Agent, *, actor: Any, reason: str = "",
         routing.save(update_fields=["stable_history", "updated_at"])
         if evacuate:
             _evacuate(current, agent, now, actor, reason or "evacuated by agent rollback")
-        record("agent.rollback", agent, actor=actor, reason=reason,
-               before={**change["before"], "stable": current},
-               after={**change["after"], "stable": target})
+        record(
+            "agent.rollback",
+            agent,
+            actor=actor,
+            reason=reason,
+            before={**change["before"], "stable": current},
+            after={**change["after"], "stable": target},
+        )
     return routing
 
 
@@ -541,16 +663,16 @@ def evaluate_open_rollouts(now: datetime | None = None) -> dict[str, int]:
     for rollout in Rollout.objects.filter(state=RolloutState.RUNNING).select_related("agent"):
         tally["evaluated"] += 1
         result = assess(rollout, now)
-        Rollout.objects.filter(pk=rollout.pk, state=RolloutState.RUNNING,
-                               stage=rollout.stage).update(
-            last_evaluation=result.report, evaluated_at=timezone.now()
-        )
+        Rollout.objects.filter(
+            pk=rollout.pk, state=RolloutState.RUNNING, stage=rollout.stage
+        ).update(last_evaluation=result.report, evaluated_at=timezone.now())
         if result.verdict == "hold":
             continue
         try:
             # Re-assessed under the lock at the same ``now``, so it can still hold.
-            after = transition(rollout.pk, "evaluate", actor=SYSTEM,
-                               expect_stage=rollout.stage, now=now)
+            after = transition(
+                rollout.pk, "evaluate", actor=SYSTEM, expect_stage=rollout.stage, now=now
+            )
         except TransitionError:
             continue  # a human or another worker acted first; their change stands
         if (after.state, after.stage) != (rollout.state, rollout.stage):

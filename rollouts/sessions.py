@@ -95,20 +95,27 @@ def _apply_verdict(
             if updated:
                 session.drain_at = now
                 record(
-                    "session.drain", session, actor=SYSTEM, agent=agent,
+                    "session.drain",
+                    session,
+                    actor=SYSTEM,
+                    agent=agent,
                     reason=f"older than max_session_age_s={agent.max_session_age_s} on a "
                     "version that no longer receives new sessions",
                     after={"version": session.version_id, "drain_at": now.isoformat()},
                 )
         if verdict.expire:
             updated = Session.objects.filter(pk=session.pk, state=SessionState.LIVE).update(
-                state=SessionState.EXPIRED, ended_at=now,
+                state=SessionState.EXPIRED,
+                ended_at=now,
                 end_reason="drain grace elapsed",
             )
             if updated:
                 session.state = SessionState.EXPIRED
                 record(
-                    "session.expired", session, actor=SYSTEM, agent=agent,
+                    "session.expired",
+                    session,
+                    actor=SYSTEM,
+                    agent=agent,
                     reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
                     after={"version": session.version_id},
                 )
@@ -192,8 +199,14 @@ def _upsert(agent_id: int, session_id: str, version_id: int, now: datetime) -> t
             session = Session.objects.get(agent_id=agent_id, session_id=session_id)
             if session.state == SessionState.LIVE:
                 Session.objects.filter(pk=session.pk).update(last_seen_at=now)
-            return (session.pk, session.version_id, session.state, session.started_at,
-                    session.drain_at, False)
+            return (
+                session.pk,
+                session.version_id,
+                session.state,
+                session.started_at,
+                session.drain_at,
+                False,
+            )
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -225,13 +238,22 @@ def assign(slug: str, session_id: str) -> tuple[Assignment, dict]:
     directive = CONTINUE
     if not inserted:
         session = Session(
-            pk=pk, agent=routing.agent, session_id=session_id, version_id=version_id,
-            state=state, started_at=started_at, drain_at=_as_datetime(drain_at),
+            pk=pk,
+            agent=routing.agent,
+            session_id=session_id,
+            version_id=version_id,
+            state=state,
+            started_at=started_at,
+            drain_at=_as_datetime(drain_at),
         )
         active = routing.weight_of(version_id) > 0
         verdict = decide(
-            state=state, started_at=started_at, drain_at=session.drain_at,
-            version_active=active, policy=routing.agent.drain_policy, now=now,
+            state=state,
+            started_at=started_at,
+            drain_at=session.drain_at,
+            version_active=active,
+            policy=routing.agent.drain_policy,
+            now=now,
         )
         _apply_verdict(session, verdict, routing.agent, now, version_active=active)
         directive, state = verdict.directive, session.state
@@ -261,8 +283,12 @@ def heartbeat(slug: str, session_id: str) -> Session:
     routing = getattr(agent, "routing", None)
     active = routing is not None and routing.weight_of(session.version_id) > 0
     verdict = decide(
-        state=session.state, started_at=session.started_at, drain_at=session.drain_at,
-        version_active=active, policy=agent.drain_policy, now=now,
+        state=session.state,
+        started_at=session.started_at,
+        drain_at=session.drain_at,
+        version_active=active,
+        policy=agent.drain_policy,
+        now=now,
     )
     if session.state == SessionState.LIVE:
         Session.objects.filter(pk=session.pk, state=SessionState.LIVE).update(last_seen_at=now)
@@ -289,9 +315,12 @@ def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, b
             # Expired by the policy and already reported: the first end stands.
             return session, False
         outcomes.record_outcome(
-            agent_id=session.agent_id, version_id=session.version_id,
-            session_id=session.session_id, started_at=session.started_at,
-            ended_at=session.ended_at or now, outcome=outcome,
+            agent_id=session.agent_id,
+            version_id=session.version_id,
+            session_id=session.session_id,
+            started_at=session.started_at,
+            ended_at=session.ended_at or now,
+            outcome=outcome,
         )
     from rollouts.drain import mark_drained_if_empty
 
@@ -306,8 +335,11 @@ def feedback(slug: str, session_id: str, value: float) -> Session:
     with transaction.atomic():
         session = _find_session(slug, session_id)
         outcomes.record_feedback(
-            agent_id=session.agent_id, version_id=session.version_id,
-            session_id=session.session_id, started_at=session.started_at, feedback=value,
+            agent_id=session.agent_id,
+            version_id=session.version_id,
+            session_id=session.session_id,
+            started_at=session.started_at,
+            feedback=value,
         )
     return session
 
@@ -323,4 +355,3 @@ def live_counts(version_ids: list[int] | None = None, agent: Agent | None = None
         sessions = sessions.filter(version_id__in=version_ids)
     rows = sessions.values("version_id").annotate(n=Count("id")).order_by()
     return {row["version_id"]: row["n"] for row in rows}
-

@@ -71,8 +71,17 @@ def test_it_lists_each_version_with_its_state_and_counts(
         "weight": 0,
         "live_sessions": 0,
         "total_sessions": 0,
-        "drain": None,
+        "drain": {
+            "started_at": None,
+            "live_at_start": None,
+            "progress": None,
+            "eta_s": None,
+            "forced": False,
+            "forced_reason": "",
+            "drained_at": None,
+        },
     }
+    assert rows[v2.pk]["drain"]["progress"] is None
     assert (
         rows[v2.pk]["state"],
         rows[v2.pk]["weight"],

@@ -588,6 +588,50 @@ def test_agent_rollback_without_a_rollout_goes_back_one_stable_at_a_time(
     assert (entry.before["stable"], entry.after["stable"]) == (v3.pk, v2.pk)
 
 
+def test_a_double_clicked_rollback_with_the_epoch_rolls_back_one_step_only(
+    release_manager, viewer, v1, v2, v3
+):
+    _cutover(release_manager, v2)
+    _cutover(release_manager, v3)
+    seen = viewer.get(f"/api/agents/{v1.agent.slug}/routing/").json()["epoch"]
+
+    first = post(release_manager, AGENT_ROLLBACK, {"epoch": seen})
+    second = post(release_manager, AGENT_ROLLBACK, {"epoch": seen})
+
+    assert first.status_code == 200
+    assert second.status_code == 409
+    assert f"since epoch {seen}" in second.json()["detail"]
+    assert weights(release_manager) == {v2.pk: 10000}
+    assert AuditEntry.objects.filter(action="agent.rollback").count() == 1
+
+
+def test_a_stale_epoch_also_guards_the_rollback_of_an_open_rollout(release_manager, v1, v2):
+    response = start(release_manager, v2, stages=[10, 100])
+    epoch = weights_epoch(release_manager)
+    post(release_manager, f"/api/rollouts/{response.json()['id']}/pause/")
+
+    assert post(release_manager, AGENT_ROLLBACK, {"epoch": epoch - 1}).status_code == 409
+    assert Rollout.objects.get().state == "paused"
+    assert post(release_manager, AGENT_ROLLBACK, {"epoch": epoch}).status_code == 200
+    assert Rollout.objects.get().state == "rolled_back"
+
+
+def weights_epoch(client) -> int:
+    return client.get(ROUTING).json()["epoch"]
+
+
+def test_a_bad_gate_among_several_is_reported_at_its_index(release_manager, v1, v2):
+    gates = [
+        {"metric": "error_rate", "max_increase": 0.01},
+        {"metric": "success_rate", "max_increase": 0.01},
+    ]
+    response = start(release_manager, v2, gates=gates)
+    assert response.status_code == 400
+    errors = response.json()["gates"]
+    assert errors[0] == {}
+    assert list(errors[1]) == ["max_increase"]
+
+
 def test_agent_rollback_with_no_previous_stable_is_a_409(release_manager, agent, v1):
     response = post(release_manager, AGENT_ROLLBACK)
     assert response.status_code == 409

@@ -209,7 +209,16 @@ def test_version_page_renders_every_part_of_the_diff_contract(
                     "items": {
                         "status": "modified",
                         "similarity": 0.875,
-                        "unified_diff": "--- a\n+++ b\n@@ -1,2 +1 @@\n-old <line>\n--- rule\n+new line",
+                        "unified_diff": "\n".join(
+                            [
+                                "--- a",
+                                "+++ b",
+                                "@@ -1,2 +1 @@",
+                                "-old <line>",
+                                "--- rule",
+                                "+new line",
+                            ]
+                        ),
                     },
                     "few_shot": {"status": "added", "similarity": None, "unified_diff": ""},
                 },

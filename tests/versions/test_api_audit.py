@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import BASE_TUPLE, tuple_with
 from versions.audit import record
@@ -168,3 +170,14 @@ def test_entries_outside_a_request_have_no_request_id(agent):
     entry = record("agent.checked", agent, actor="system")
 
     assert entry.request_id == ""
+
+
+def test_listing_the_audit_costs_the_same_queries_for_few_or_many(viewer, two_agents):
+    with CaptureQueriesContext(connection) as few:
+        audit(viewer)
+    for index in range(10):
+        record("agent.checked", two_agents[index % 2], actor="system")
+    with CaptureQueriesContext(connection) as many:
+        assert len(audit(viewer).json()) > 10
+
+    assert len(many.captured_queries) == len(few.captured_queries)

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from controlplane.models import ApiToken, Profile, Role
@@ -680,3 +681,15 @@ def test_more_than_64_prompt_parts_is_400(release_manager, agent):
     response = register(release_manager, agent, tuple_with(prompts=prompts))
 
     assert "64" in str(error_at(response, "prompts"))
+
+
+def test_listing_versions_costs_the_same_queries_for_one_or_many(viewer, agent, make_version):
+    make_version(agent)
+    with CaptureQueriesContext(connection) as one:
+        assert viewer.get(url(agent)).status_code == 200
+    for _ in range(5):
+        make_version(agent)
+    with CaptureQueriesContext(connection) as six:
+        assert len(viewer.get(url(agent)).json()) == 6
+
+    assert len(six.captured_queries) == len(one.captured_queries)
