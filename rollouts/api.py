@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.shortcuts import get_object_or_404
@@ -185,7 +186,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             for e in rollout.events.all()
         ]
 
-    def get_stage_deadline(self, rollout: Rollout):
+    def get_stage_deadline(self, rollout: Rollout) -> datetime | None:
         return engine.stage_deadline(rollout)
 
 
