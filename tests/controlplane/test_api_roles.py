@@ -1,0 +1,360 @@
+"""The role matrix: every endpoint, every verb, every role (DESIGN §9).
+
+To cover a new endpoint, append rows to ``MATRIX``: one ``(method, url template, body,
+{role: status})`` per verb. URL templates use the URL conf's own parameter names
+(``{slug}``, ``{pk}``, ``{session_id}``) plus ``{other}``; ``fill`` takes the values from
+the ``world`` fixture (``{pk}`` is the rollout under ``/api/rollouts/``, else a version),
+so an endpoint needing a new object adds it there. A body may be a function of the world,
+for ids. Then add the view's module to ``COVERED_MODULES`` so the coverage check holds
+the new routes to the table.
+
+Every row is chosen so the permitted role succeeds: the world has a stable version, a
+running rollout and a live session, and ``GIVEN`` moves it, inside the test, to the state
+an endpoint needs (a paused rollout to resume, no open rollout to set the stable). A
+refused request (401, 403, 405, 409, ...) must leave the database as it was, and a
+permitted write must change it.
+
+The world is built once for the module, in a transaction that each test's own
+transaction nests in and that is rolled back at the end: the matrix has hundreds of rows.
+So no test in this module may use ``transactional_db``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
+
+from controlplane.models import ApiToken, Profile, Role
+from metrics.models import Outcome
+from rollouts import engine, sessions
+from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, Session
+from tests.conftest import tuple_with
+from versions.audit import SYSTEM
+from versions.models import Agent, AuditEntry, Version
+
+VIEWER, HARNESS, MANAGER = "viewer", "harness", "release-manager"
+OUTSIDER, ANONYMOUS = "outsider", "anonymous"
+ROLES = (VIEWER, HARNESS, MANAGER, OUTSIDER, ANONYMOUS)
+ROLE_OF = {VIEWER: Role.VIEWER, HARNESS: Role.HARNESS, MANAGER: Role.RELEASE_MANAGER}
+VERBS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
+WRITES = frozenset(VERBS) - {"GET", "HEAD", "OPTIONS"}
+
+
+def roles(viewer: int, harness: int, manager: int) -> dict[str, int]:
+    """Expected statuses; an outsider always gets 403 and anonymous 401."""
+    return {VIEWER: viewer, HARNESS: harness, MANAGER: manager, OUTSIDER: 403, ANONYMOUS: 401}
+
+
+def everyone(status: int) -> dict[str, int]:
+    return dict.fromkeys(ROLES, status)
+
+
+EVERYONE_READS = roles(200, 200, 200)
+NO_HARNESS_READS = roles(200, 403, 200)
+MANAGER_ONLY = roles(403, 403, 405)  # the role check comes before the method check
+HARNESS_AND_MANAGER_ONLY = roles(403, 405, 405)
+
+
+def read_only(url: str, readers: dict[str, int]) -> list[tuple]:
+    """Rows for an endpoint that only reads: GET, HEAD, OPTIONS and four refused verbs."""
+    refused = MANAGER_ONLY
+    return [
+        ("GET", url, None, readers),
+        ("HEAD", url, None, readers),
+        ("OPTIONS", url, None, readers),
+        ("POST", url, {}, refused),
+        ("PUT", url, {}, refused),
+        ("PATCH", url, {}, refused),
+        ("DELETE", url, None, refused),
+    ]
+
+
+def manager_posts(url: str, body: Any, status: int = 200) -> list[tuple]:
+    """Rows for a POST-only endpoint under the default roles: only the release manager
+    posts; viewers pass the read check, so the verbs the view lacks are 405 for them."""
+    return [
+        ("GET", url, None, roles(405, 403, 405)),
+        ("HEAD", url, None, roles(405, 403, 405)),
+        ("OPTIONS", url, None, roles(200, 403, 200)),
+        ("POST", url, body, roles(403, 403, status)),
+        ("PUT", url, body, MANAGER_ONLY),
+        ("PATCH", url, body, MANAGER_ONLY),
+        ("DELETE", url, None, MANAGER_ONLY),
+    ]
+
+
+def harness_posts(url: str, body: Any, status: int = 200) -> list[tuple]:
+    """Rows for a session endpoint: harness and release manager post, nobody else may even
+    ask OPTIONS (viewers read, and there is nothing here to read)."""
+    return [
+        ("GET", url, None, HARNESS_AND_MANAGER_ONLY),
+        ("HEAD", url, None, HARNESS_AND_MANAGER_ONLY),
+        ("OPTIONS", url, None, roles(403, 200, 200)),
+        ("POST", url, body, roles(403, status, status)),
+        ("PUT", url, body, HARNESS_AND_MANAGER_ONLY),
+        ("PATCH", url, body, HARNESS_AND_MANAGER_ONLY),
+        ("DELETE", url, None, HARNESS_AND_MANAGER_ONLY),
+    ]
+
+
+NEW_TUPLE = tuple_with(code={"ref": "git:feedface"})
+SLUG = "matrix"
+SESSION = "matrix-session-1"
+# Stage 0 holds for an hour: evaluating it changes nothing but the evaluation itself.
+STAGES = [{"percent": 10, "min_duration_s": 3600}, {"percent": 50}, {"percent": 100}]
+
+
+def set_stable(world: dict[str, Any]) -> dict[str, Any]:
+    return {"version": world["version"].pk}
+
+
+def start_again(world: dict[str, Any]) -> dict[str, Any]:
+    """Supersede the world's running rollout; without ``supersede`` this is a 409."""
+    return {"candidate": world["version"].pk, "supersede": True}
+
+
+MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
+    # agents
+    ("GET", "/api/agents/", None, EVERYONE_READS),
+    ("HEAD", "/api/agents/", None, EVERYONE_READS),
+    ("OPTIONS", "/api/agents/", None, EVERYONE_READS),
+    ("POST", "/api/agents/", {"slug": "fresh", "name": "Fresh"}, roles(403, 403, 201)),
+    ("PUT", "/api/agents/", {"slug": "fresh", "name": "Fresh"}, MANAGER_ONLY),
+    ("PATCH", "/api/agents/", {"name": "Renamed"}, MANAGER_ONLY),
+    ("DELETE", "/api/agents/", None, MANAGER_ONLY),
+    # one agent
+    ("GET", "/api/agents/{slug}/", None, EVERYONE_READS),
+    ("HEAD", "/api/agents/{slug}/", None, EVERYONE_READS),
+    ("OPTIONS", "/api/agents/{slug}/", None, EVERYONE_READS),
+    ("POST", "/api/agents/{slug}/", {"name": "Renamed"}, MANAGER_ONLY),
+    ("PUT", "/api/agents/{slug}/", {"slug": SLUG, "name": "Renamed"}, MANAGER_ONLY),
+    ("PATCH", "/api/agents/{slug}/", {"name": "Renamed"}, roles(403, 403, 200)),
+    ("DELETE", "/api/agents/{slug}/", None, MANAGER_ONLY),
+    # an agent's versions
+    ("GET", "/api/agents/{slug}/versions/", None, EVERYONE_READS),
+    ("HEAD", "/api/agents/{slug}/versions/", None, EVERYONE_READS),
+    ("OPTIONS", "/api/agents/{slug}/versions/", None, EVERYONE_READS),
+    ("POST", "/api/agents/{slug}/versions/", NEW_TUPLE, roles(403, 403, 201)),
+    ("PUT", "/api/agents/{slug}/versions/", NEW_TUPLE, MANAGER_ONLY),
+    ("PATCH", "/api/agents/{slug}/versions/", NEW_TUPLE, MANAGER_ONLY),
+    ("DELETE", "/api/agents/{slug}/versions/", None, MANAGER_ONLY),
+    # versions are immutable: no role may change one
+    *read_only("/api/versions/{pk}/", EVERYONE_READS),
+    # diffs and the audit trail are for people, not harnesses
+    *read_only("/api/versions/{pk}/diff/?against={other}", NO_HARNESS_READS),
+    *read_only("/api/audit/?agent={slug}", NO_HARNESS_READS),
+    # routing: harnesses read it (and may cache it to assign while Prism is down)
+    *read_only("/api/agents/{slug}/routing/", EVERYONE_READS),
+    # moving traffic is the release manager's alone
+    *manager_posts("/api/agents/{slug}/stable/", set_stable),  # GIVEN: no open rollout
+    *manager_posts("/api/agents/{slug}/rollback/", {"reason": "matrix"}),
+    ("GET", "/api/agents/{slug}/rollouts/", None, NO_HARNESS_READS),
+    ("HEAD", "/api/agents/{slug}/rollouts/", None, NO_HARNESS_READS),
+    ("OPTIONS", "/api/agents/{slug}/rollouts/", None, NO_HARNESS_READS),
+    ("POST", "/api/agents/{slug}/rollouts/", start_again, roles(403, 403, 201)),
+    ("PUT", "/api/agents/{slug}/rollouts/", start_again, MANAGER_ONLY),
+    ("PATCH", "/api/agents/{slug}/rollouts/", start_again, MANAGER_ONLY),
+    ("DELETE", "/api/agents/{slug}/rollouts/", None, MANAGER_ONLY),
+    *read_only("/api/rollouts/{pk}/", NO_HARNESS_READS),
+    *manager_posts("/api/rollouts/{pk}/pause/", {}),
+    *manager_posts("/api/rollouts/{pk}/resume/", {}),  # GIVEN: paused
+    *manager_posts("/api/rollouts/{pk}/advance/", {"reason": "matrix"}),
+    *manager_posts("/api/rollouts/{pk}/rollback/", {"reason": "matrix"}),
+    *manager_posts("/api/rollouts/{pk}/evaluate/", {}),
+    *read_only("/api/agents/{slug}/fleet/", NO_HARNESS_READS),
+    # sessions and outcomes: the harness's side
+    *harness_posts("/api/agents/{slug}/sessions/", {"session_id": "matrix-new"}, 201),
+    *harness_posts("/api/agents/{slug}/sessions/{session_id}/heartbeat/", {}),
+    *harness_posts("/api/agents/{slug}/sessions/{session_id}/end/", {"outcome": {"success": True}}),
+    *harness_posts("/api/agents/{slug}/sessions/{session_id}/feedback/", {"feedback": 0.5}),
+    # the schema and its docs are public, and read-only for everybody
+    ("GET", "/api/schema/", None, everyone(200)),
+    ("HEAD", "/api/schema/", None, everyone(200)),
+    ("OPTIONS", "/api/schema/", None, everyone(200)),
+    ("POST", "/api/schema/", {}, everyone(405)),
+    ("PUT", "/api/schema/", {}, everyone(405)),
+    ("PATCH", "/api/schema/", {}, everyone(405)),
+    ("DELETE", "/api/schema/", None, everyone(405)),
+    ("GET", "/api/docs/", None, everyone(200)),
+    ("HEAD", "/api/docs/", None, everyone(200)),
+    ("OPTIONS", "/api/docs/", None, everyone(200)),
+    ("POST", "/api/docs/", {}, everyone(405)),
+    ("PUT", "/api/docs/", {}, everyone(405)),
+    ("PATCH", "/api/docs/", {}, everyone(405)),
+    ("DELETE", "/api/docs/", None, everyone(405)),
+]
+
+# Modules whose routes must all appear in MATRIX (see test_every_route_is_in_the_matrix).
+COVERED_MODULES = ("versions.api", "rollouts.api", "controlplane.schema", "drf_spectacular.views")
+
+
+def _pause(world: dict[str, Any]) -> None:
+    engine.transition(world["rollout"].pk, "pause", actor=SYSTEM)
+
+
+def _close_the_rollout(world: dict[str, Any]) -> None:
+    engine.transition(world["rollout"].pk, "rollback", actor=SYSTEM)
+
+
+# What the world must look like, per URL template, for the permitted request to succeed.
+GIVEN: dict[str, Callable[[dict[str, Any]], None]] = {
+    "/api/rollouts/{pk}/resume/": _pause,
+    # the stable is set directly only when no rollout is open
+    "/api/agents/{slug}/stable/": _close_the_rollout,
+}
+
+
+def cases():
+    for method, url, body, expected in MATRIX:
+        for role in ROLES:
+            yield pytest.param(
+                method, url, body, role, expected[role], id=f"{method} {url} as {role}"
+            )
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker):
+    """The objects the URL templates point at, and a token for each role.
+
+    An agent whose stable ``other`` (v1) is being rolled out to ``version`` (v2), stage 0
+    of ``STAGES``, with one live session. Each test runs in a savepoint inside this
+    fixture's transaction, so it sees the world and its writes are undone.
+    """
+    with django_db_blocker.unblock(), transaction.atomic():
+        agent = Agent.objects.create(slug=SLUG, name="Matrix agent")
+        v1 = Version(agent=agent, label="v1", **tuple_with(code={"ref": "git:matrix01"}))
+        v1.save()
+        v2 = Version(agent=agent, label="v2", **tuple_with(code={"ref": "git:matrix02"}))
+        v2.save()
+        engine.set_stable(agent, v1, actor=SYSTEM)
+        rollout = engine.start_rollout(
+            agent,
+            candidate=v2,
+            stages=engine.validate_stages(STAGES),
+            gates=[],
+            actor=SYSTEM,
+        )
+        sessions.assign(SLUG, SESSION)
+        keys = {}
+        for role in (VIEWER, HARNESS, MANAGER, OUTSIDER):
+            user = get_user_model().objects.create_user(username=f"matrix-{role}")
+            if role in ROLE_OF:
+                Profile.objects.create(user=user, role=ROLE_OF[role])
+            keys[role] = ApiToken.issue(user)
+        yield {"agent": agent, "version": v2, "other": v1, "rollout": rollout, "keys": keys}
+        transaction.set_rollback(True)
+
+
+def client_as(world: dict[str, Any], role: str) -> APIClient:
+    client = APIClient()
+    if role != ANONYMOUS:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {world['keys'][role]}")
+    return client
+
+
+def fill(url: str, world: dict[str, Any]) -> str:
+    subject = world["rollout"] if url.startswith("/api/rollouts/") else world["version"]
+    return url.format(
+        slug=world["agent"].slug, pk=subject.pk, other=world["other"].pk, session_id=SESSION
+    )
+
+
+def state() -> tuple:
+    """Everything the API can write."""
+    return (
+        list(Agent.objects.values().order_by("pk")),
+        list(Version.objects.values_list("pk", "fingerprint", "label").order_by("pk")),
+        AuditEntry.objects.count(),
+        list(Routing.objects.values().order_by("pk")),
+        list(Lifecycle.objects.values().order_by("pk")),
+        list(Rollout.objects.values().order_by("pk")),
+        RolloutEvent.objects.count(),
+        list(Session.objects.values().order_by("pk")),
+        list(Outcome.objects.values().order_by("pk")),
+    )
+
+
+@pytest.mark.parametrize(("method", "url", "body", "role", "status"), list(cases()))
+def test_role_matrix(world, db, method, url, body, role, status):
+    if url in GIVEN:
+        GIVEN[url](world)
+    client = client_as(world, role)
+    if callable(body):
+        body = body(world)
+    kwargs = {} if body is None else {"data": body, "format": "json"}
+    before = state()
+
+    response = getattr(client, method.lower())(fill(url, world), **kwargs)
+
+    assert response.status_code == status, getattr(response, "data", response.content)
+    if status >= 400:
+        assert state() == before, "a refused request changed something"
+    elif method in WRITES:
+        assert state() != before, "a permitted write changed nothing: check the world"
+    if status == 401:
+        assert response["WWW-Authenticate"] == "Token"
+    if status == 403 and role == OUTSIDER and method != "HEAD":
+        assert "no Prism role" in response.json()["detail"]
+
+
+def test_the_matrix_lists_every_verb_for_every_endpoint():
+    """A half-filled row set would leave verbs untested."""
+    verbs_by_url: dict[str, set[str]] = {}
+    for method, url, _body, expected in MATRIX:
+        verbs_by_url.setdefault(url, set()).add(method)
+        assert set(expected) == set(ROLES), f"{method} {url} misses a role"
+    for url, verbs in verbs_by_url.items():
+        missing = set(VERBS) - verbs
+        assert not missing, f"{url} has no rows for {sorted(missing)}"
+    assert set(GIVEN) <= set(verbs_by_url), "GIVEN names a URL that has no rows"
+
+
+def _routes(patterns, prefix: str = ""):
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            yield from _routes(pattern.url_patterns, prefix + str(pattern.pattern))
+        elif isinstance(pattern, URLPattern):
+            view = getattr(pattern.callback, "view_class", pattern.callback)
+            yield "/" + prefix + str(pattern.pattern), view.__module__
+
+
+def test_every_route_is_in_the_matrix():
+    """A new endpoint in a covered module fails here until its rows are added."""
+    in_matrix = {re.sub(r"\?.*$", "", url) for _method, url, _body, _expected in MATRIX}
+    missing = []
+    for route, module in _routes(get_resolver().url_patterns):
+        if not route.startswith("/api/") or module not in COVERED_MODULES:
+            continue
+        template = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+        if template not in in_matrix:
+            missing.append(template)
+    assert not missing, f"routes with no role rows: {missing}"
+
+
+def test_a_bad_token_is_401_not_anonymous_access(db, agent):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token prism_not-a-real-token")
+    response = client.get("/api/agents/")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+
+
+def test_an_inactive_users_token_is_refused(viewer):
+    viewer.user.is_active = False
+    viewer.user.save(update_fields=["is_active"])
+    assert viewer.get("/api/agents/").status_code == 401
+
+
+def test_a_superuser_without_a_profile_is_a_release_manager(db):
+    admin = get_user_model().objects.create_superuser("root", password="x" * 12)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.issue(admin)}")
+    response = client.post("/api/agents/", {"slug": "root-made", "name": "R"}, format="json")
+    assert response.status_code == 201
