@@ -64,57 +64,63 @@ def mark_drained_if_empty(agent: Agent, version_id: int, now: datetime | None = 
 # --- the beat's policy pass -----------------------------------------------------------
 
 
-def abandon_idle(agent: Agent, now: datetime) -> int:
-    cutoff = now - timedelta(seconds=agent.idle_timeout_s)
+def _end_sessions(
+    agent: Agent,
+    now: datetime,
+    *,
+    condition: Q,
+    state: str,
+    end_reason: str,
+    action: str,
+    reason: str,
+) -> int:
+    """End a batch of live sessions matching ``condition`` with ``state``, and audit it
+    once with the session ids. The UPDATE re-checks the condition, so a session that
+    heartbeated or ended meanwhile is left alone."""
     with transaction.atomic():
-        idle = list(
-            Session.objects.filter(
-                agent=agent, state=SessionState.LIVE, last_seen_at__lt=cutoff
-            ).values_list("pk", "session_id")[:5000]
-        )
-        if not idle:
+        live = Session.objects.filter(condition, agent=agent, state=SessionState.LIVE)
+        batch = list(live.values_list("pk", "session_id")[:5000])
+        if not batch:
             return 0
-        count = Session.objects.filter(
-            pk__in=[pk for pk, _ in idle], state=SessionState.LIVE, last_seen_at__lt=cutoff
-        ).update(
-            state=SessionState.ABANDONED,
-            ended_at=now,
-            end_reason=f"no heartbeat for {agent.idle_timeout_s}s",
+        count = live.filter(pk__in=[pk for pk, _ in batch]).update(
+            state=state, ended_at=now, end_reason=end_reason
         )
         record(
-            "sessions.abandoned",
+            action,
             agent,
             actor=SYSTEM,
-            reason=f"idle_timeout_s={agent.idle_timeout_s}: no heartbeat since "
-            f"{cutoff.isoformat()}",
-            after={"count": count, "sessions": [sid for _, sid in idle[:100]]},
+            reason=reason,
+            after={"count": count, "sessions": [sid for _, sid in batch[:100]]},
         )
     return count
+
+
+def abandon_idle(agent: Agent, now: datetime) -> int:
+    cutoff = now - timedelta(seconds=agent.idle_timeout_s)
+    return _end_sessions(
+        agent,
+        now,
+        condition=Q(last_seen_at__lt=cutoff),
+        state=SessionState.ABANDONED,
+        end_reason=f"no heartbeat for {agent.idle_timeout_s}s",
+        action="sessions.abandoned",
+        reason=f"idle_timeout_s={agent.idle_timeout_s}: no heartbeat since {cutoff.isoformat()}",
+    )
 
 
 def expire_overdue(agent: Agent, now: datetime) -> int:
     """Sessions told to drain whose grace ran out are expired even if they never call
     again, so evacuations and forced drains finish on time."""
     cutoff = now - timedelta(seconds=agent.drain_grace_s)
-    with transaction.atomic():
-        overdue = list(
-            Session.objects.filter(
-                agent=agent, state=SessionState.LIVE, drain_at__lte=cutoff
-            ).values_list("pk", "session_id")[:5000]
-        )
-        if not overdue:
-            return 0
-        count = Session.objects.filter(
-            pk__in=[pk for pk, _ in overdue], state=SessionState.LIVE
-        ).update(state=SessionState.EXPIRED, ended_at=now, end_reason="drain grace elapsed")
-        record(
-            "sessions.expired",
-            agent,
-            actor=SYSTEM,
-            reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
-            after={"count": count, "sessions": [sid for _, sid in overdue[:100]]},
-        )
-    return count
+    return _end_sessions(
+        agent,
+        now,
+        condition=Q(drain_at__lte=cutoff),
+        state=SessionState.EXPIRED,
+        end_reason="drain grace elapsed",
+        action="sessions.expired",
+        reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
+    )
 
 
 def enforce_max_live_versions(agent: Agent, now: datetime) -> list[int]:

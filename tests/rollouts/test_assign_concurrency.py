@@ -3,16 +3,13 @@ every caller gets the same pin (DESIGN §5)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connection, transaction
-from django.utils import timezone
-from rest_framework.test import APIClient
 
 from controlplane.models import ApiToken
 from rollouts import engine
 from rollouts.models import Session
+from tests.concurrency import race, token_client
+from tests.rollouts.conftest import set_weights
 
 THREADS = 16
 
@@ -25,40 +22,16 @@ def test_it_pins_one_session_once_under_sixteen_concurrent_starts(
     v1, v2 = make_version(agent), make_version(agent)
     engine.set_stable(agent, v1, actor=release_manager.user)
     # Two live versions, so a racer answering from its own computation could differ.
-    with transaction.atomic():
-        routing = engine._lock_routing(agent)
-        engine._set_weights(routing, {v1.pk: 5000, v2.pk: 5000}, timezone.now())
-    token = f"Token {ApiToken.issue(harness.user)}"
+    set_weights(agent, {v1: 5000, v2: 5000})
+    token = ApiToken.issue(harness.user)
     url = f"/api/agents/{agent.slug}/sessions/"
-    barrier = threading.Barrier(THREADS)
-    results: list[tuple[int, dict]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
 
-    def race() -> None:
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=token)
-        try:
-            # Open this thread's connection before the barrier, so the requests meet
-            # at the database rather than at connection setup.
-            connection.ensure_connection()
-            barrier.wait(timeout=30)
-            response = client.post(url, {"session_id": "the-one"}, format="json")
-            with lock:
-                results.append((response.status_code, response.json()))
-        except BaseException as exc:  # reported below; a thread must not die silently
-            with lock:
-                errors.append(exc)
-        finally:
-            connection.close()
+    def post(_: int) -> tuple[int, dict]:
+        response = token_client(token).post(url, {"session_id": "the-one"}, format="json")
+        return response.status_code, response.json()
 
-    threads = [threading.Thread(target=race) for _ in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = race(THREADS, post)
 
-    assert errors == []
     assert len(results) == THREADS
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * (THREADS - 1) + [201], results

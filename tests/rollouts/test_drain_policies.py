@@ -8,13 +8,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
 from django.utils import timezone
 
 from rollouts import drain, engine
 from rollouts.models import FULL, Lifecycle, Session
+from tests.rollouts.conftest import set_weights
 from versions import services
-from versions.models import AuditEntry
+from versions.models import AuditEntry, Version
 
 START = "/api/agents/{slug}/sessions/"
 BEAT = "/api/agents/{slug}/sessions/{sid}/heartbeat/"
@@ -31,15 +31,21 @@ def policy_agent(agent):
     return agent
 
 
-@pytest.fixture
-def actor(release_manager):
-    return release_manager.user
-
-
 def start(client, agent, session_id: str) -> dict:
     response = client.post(START.format(slug=agent.slug), {"session_id": session_id}, format="json")
     assert response.status_code == 201, response.content
     return response.json()
+
+
+def superseded(agent, make_version, client, actor, *session_ids: str) -> tuple[Version, Version]:
+    """Start ``session_ids`` on a stable v1, then make v2 stable: v1 is draining, with those
+    sessions still pinned to it."""
+    v1, v2 = make_version(agent), make_version(agent)
+    engine.set_stable(agent, v1, actor=actor)
+    for session_id in session_ids:
+        start(client, agent, session_id)
+    engine.set_stable(agent, v2, actor=actor)
+    return v1, v2
 
 
 def beat(client, agent, session_id: str) -> str:
@@ -81,11 +87,7 @@ def test_it_lets_old_sessions_on_an_active_version_continue(
 def test_it_drains_then_expires_an_old_session_on_a_draining_version(
     policy_agent, make_version, harness, actor
 ):
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "young")
-    start(harness, policy_agent, "old")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    superseded(policy_agent, make_version, harness, actor, "young", "old")
 
     age("young", started_at=99)
     age("old", started_at=101)
@@ -115,10 +117,7 @@ def test_it_drains_then_expires_an_old_session_on_a_draining_version(
 
 
 def test_it_terminates_at_once_with_no_grace(policy_agent, make_version, harness, actor):
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "s")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    superseded(policy_agent, make_version, harness, actor, "s")
     services.update_agent(policy_agent, changes={"drain_grace_s": 0}, actor=actor)
     age("s", started_at=101)
     assert beat(harness, policy_agent, "s") == "terminate"
@@ -129,10 +128,7 @@ def test_it_terminates_at_once_with_no_grace(policy_agent, make_version, harness
 
 def test_it_tells_a_reasking_session_to_drain_too(policy_agent, make_version, harness, actor):
     """A harness that re-posts its session id gets the same directive as a heartbeat."""
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "s")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    v1, _ = superseded(policy_agent, make_version, harness, actor, "s")
     age("s", started_at=101)
     response = harness.post(
         START.format(slug=policy_agent.slug), {"session_id": "s"}, format="json"
@@ -145,10 +141,7 @@ def test_it_tells_a_reasking_session_to_drain_too(policy_agent, make_version, ha
 def test_it_applies_a_changed_policy_at_the_very_next_heartbeat(
     policy_agent, make_version, harness, actor, release_manager
 ):
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "s")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    superseded(policy_agent, make_version, harness, actor, "s")
     age("s", started_at=50)
     assert beat(harness, policy_agent, "s") == "continue"
 
@@ -338,10 +331,7 @@ def test_it_records_the_drain_start_and_the_drained_event(
 def test_it_records_drained_when_the_last_session_expires_at_a_heartbeat(
     policy_agent, make_version, harness, actor
 ):
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "s")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    v1, _ = superseded(policy_agent, make_version, harness, actor, "s")
     age("s", started_at=200, drain_at=40)
     assert beat(harness, policy_agent, "s") == "terminate"
     [event] = audits("version.drained")
@@ -351,10 +341,7 @@ def test_it_records_drained_when_the_last_session_expires_at_a_heartbeat(
 def test_it_records_drained_when_the_beat_abandons_the_last_session(
     policy_agent, make_version, harness, actor
 ):
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "s")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    v1, _ = superseded(policy_agent, make_version, harness, actor, "s")
     age("s", last_seen_at=61)
     result = drain.enforce_policies(policy_agent)
     assert result["abandoned"] == 1
@@ -365,10 +352,7 @@ def test_it_records_drained_when_the_beat_abandons_the_last_session(
 def test_a_version_drained_of_sessions_is_active_again_after_a_rollback_to_it(
     policy_agent, make_version, harness, actor
 ):
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "s")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    v1, v2 = superseded(policy_agent, make_version, harness, actor, "s")
     harness.post(END.format(slug=policy_agent.slug, sid="s"), {}, format="json")
     states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
     assert states == {v1.pk: "drained", v2.pk: "active"}
@@ -386,14 +370,9 @@ def test_a_version_drained_of_sessions_is_active_again_after_a_rollback_to_it(
 def test_a_draining_version_is_active_again_when_it_gets_weight(
     policy_agent, make_version, harness, actor
 ):
-    v1, v2 = make_version(policy_agent), make_version(policy_agent)
-    engine.set_stable(policy_agent, v1, actor=actor)
-    start(harness, policy_agent, "s")
-    engine.set_stable(policy_agent, v2, actor=actor)
+    v1, v2 = superseded(policy_agent, make_version, harness, actor, "s")
     age("s", started_at=101)
-    with transaction.atomic():
-        routing = engine._lock_routing(policy_agent)
-        engine._set_weights(routing, {v1.pk: 1, v2.pk: FULL - 1}, timezone.now())
+    set_weights(policy_agent, {v1: 1, v2: FULL - 1})
     states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
     assert states == {v1.pk: "active", v2.pk: "active"}
     # Active again: old sessions on it are no longer told to drain.

@@ -3,14 +3,12 @@ comparison window, and one audited transaction per transition."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from metrics.gates import validate_gates
 from rollouts import engine, sessions
 from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing
 from rollouts.routing import Table, bucket
+from tests.rollouts.conftest import start_rollout, weights
 from versions.models import Agent, AuditEntry
 
 pytestmark = pytest.mark.django_db
@@ -19,35 +17,8 @@ SLUG = "research"
 SESSIONS = f"/api/agents/{SLUG}/sessions/"
 
 
-@pytest.fixture
-def v1(agent, make_version):
-    version = make_version(agent, "v1")
-    engine.set_stable(agent, version, actor="test")
-    return version
-
-
-@pytest.fixture
-def v2(agent, make_version):
-    return make_version(agent, "v2")
-
-
-def start(agent, candidate, stages: Any = None, gates: Any = (), **kwargs: Any) -> Rollout:
-    return engine.start_rollout(
-        agent,
-        candidate=candidate,
-        stages=engine.validate_stages(stages),
-        gates=validate_gates(list(gates)),
-        actor=kwargs.pop("actor", "tester"),
-        **kwargs,
-    )
-
-
 def routing(agent) -> Routing:
     return Routing.objects.get(agent=agent)
-
-
-def weights(agent) -> dict[int, int]:
-    return {int(k): v for k, v in routing(agent).weights.items()}
 
 
 def ids_on(agent, version_id: int, n: int, prefix: str) -> list[str]:
@@ -114,7 +85,7 @@ def test_percents_finer_than_a_basis_point_are_refused(percent):
 
 
 def test_fractional_percents_route_exact_basis_points(agent, v1, v2):
-    start(agent, v2, stages=[1.1, 33.33, 100])
+    start_rollout(agent, v2, stages=[1.1, 33.33, 100])
     assert weights(agent) == {v1.pk: 9890, v2.pk: 110}
     rollout = Rollout.objects.get()
     engine.transition(rollout.pk, "advance", actor="tester")
@@ -134,7 +105,7 @@ def test_evaluate_holds_until_both_arms_have_enough_sessions_started_in_the_wind
         {"percent": 75, "min_duration_s": 0, "min_sessions": 3},
         {"percent": 100},
     ]
-    rollout = start(agent, v2, stages=stages)
+    rollout = start_rollout(agent, v2, stages=stages)
     evaluate = f"/api/rollouts/{rollout.pk}/evaluate/"
 
     def evaluated() -> dict:
@@ -173,7 +144,7 @@ def test_evaluate_holds_until_both_arms_have_enough_sessions_started_in_the_wind
 
 
 def test_evaluate_holds_until_the_minimum_duration_has_elapsed(agent, v1, v2):
-    rollout = start(
+    rollout = start_rollout(
         agent, v2, stages=[{"percent": 5, "min_duration_s": 3600, "min_sessions": 0}, 100]
     )
     result = engine.transition(rollout.pk, "evaluate", actor="tester")
@@ -183,7 +154,7 @@ def test_evaluate_holds_until_the_minimum_duration_has_elapsed(agent, v1, v2):
 
 def test_a_critical_gate_that_is_inconclusive_never_lets_the_rollout_advance(agent, v1, v2):
     gates = [{"metric": "error_rate", "max_increase": 0.5}]
-    rollout = start(
+    rollout = start_rollout(
         agent, v2, stages=[{"percent": 5, "min_duration_s": 0, "min_sessions": 0}, 100], gates=gates
     )
     for _ in range(3):
@@ -200,7 +171,7 @@ def test_a_critical_gate_that_is_inconclusive_never_lets_the_rollout_advance(age
 
 def test_a_non_critical_gate_does_not_block_advancing(agent, v1, v2):
     gates = [{"metric": "error_rate", "max_increase": 0.5, "critical": False}]
-    rollout = start(
+    rollout = start_rollout(
         agent, v2, stages=[{"percent": 5, "min_duration_s": 0, "min_sessions": 0}, 100], gates=gates
     )
     result = engine.transition(rollout.pk, "evaluate", actor="tester")
@@ -209,7 +180,7 @@ def test_a_non_critical_gate_does_not_block_advancing(agent, v1, v2):
 
 def test_an_inconclusive_critical_gate_halts_once_the_stage_overstays(agent, v1, v2):
     gates = [{"metric": "error_rate", "max_increase": 0.5}]
-    rollout = start(
+    rollout = start_rollout(
         agent,
         v2,
         gates=gates,
@@ -236,12 +207,12 @@ def test_a_failing_critical_gate_halts_or_rolls_back(agent, v1, v2, monkeypatch,
 
     monkeypatch.setattr(engine.gates_mod, "evaluate", failing)
     gates = [{"metric": "error_rate", "max_increase": 0.01}]
-    halting = start(agent, v2, gates=gates)
+    halting = start_rollout(agent, v2, gates=gates)
     assert engine.transition(halting.pk, "evaluate", actor="tester").state == "halted"
     assert weights(agent) == {v1.pk: 10000}
     engine.transition(halting.pk, "rollback", actor="tester")
 
-    auto = start(agent, v2, gates=gates, auto_rollback=True)
+    auto = start_rollout(agent, v2, gates=gates, auto_rollback=True)
     assert engine.transition(auto.pk, "evaluate", actor="tester").state == "rolled_back"
     event = auto.events.last()
     assert (event.action, event.evaluation["gates"][0]["verdict"]) == ("auto_rollback", "fail")
@@ -278,7 +249,7 @@ def test_every_transition_writes_one_audit_entry_and_one_event_and_bumps_the_epo
         epoch_before = routing(agent).epoch
         reason = f"because {action}"
         if action == "start":
-            rollout = start(agent, v2, stages=stages, actor=alice, reason=reason)
+            rollout = start_rollout(agent, v2, stages=stages, actor=alice, reason=reason)
         else:
             rollout = engine.transition(rollout.pk, action, actor=alice, reason=reason)
         rollout.refresh_from_db()
@@ -318,7 +289,7 @@ def test_every_transition_writes_one_audit_entry_and_one_event_and_bumps_the_epo
 
 
 def test_an_evaluation_that_holds_writes_no_transition(agent, v1, v2):
-    rollout = start(agent, v2)
+    rollout = start_rollout(agent, v2)
     audit_before, epoch_before = AuditEntry.objects.count(), routing(agent).epoch
     result = engine.transition(rollout.pk, "evaluate", actor="tester")
     assert result.state == "running"
@@ -331,7 +302,7 @@ def test_an_evaluation_that_holds_writes_no_transition(agent, v1, v2):
 
 
 def test_a_transition_whose_audit_fails_changes_nothing(agent, v1, v2, monkeypatch):
-    rollout = start(agent, v2)
+    rollout = start_rollout(agent, v2)
     epoch, routed = routing(agent).epoch, weights(agent)
 
     def broken(*args, **kwargs):
@@ -352,7 +323,7 @@ def test_a_start_whose_audit_fails_leaves_no_rollout(agent, v1, v2, monkeypatch)
     epoch = routing(agent).epoch
     monkeypatch.setattr(engine, "record", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        start(agent, v2)
+        start_rollout(agent, v2)
     assert not Rollout.objects.exists()
     assert routing(agent).epoch == epoch
     assert weights(agent) == {v1.pk: 10000}
@@ -361,7 +332,7 @@ def test_a_start_whose_audit_fails_leaves_no_rollout(agent, v1, v2, monkeypatch)
 def test_promotion_makes_the_candidate_stable_and_the_old_stable_drain(harness, agent, v1, v2):
     live = open_sessions(harness, agent, v1.pk, 3, "old")
     end_sessions(harness, live[:1])
-    rollout = start(agent, v2, stages=[50, 100])
+    rollout = start_rollout(agent, v2, stages=[50, 100])
     engine.transition(rollout.pk, "advance", actor="tester")
     rollout.refresh_from_db()
     assert rollout.state == "promoted"
@@ -374,7 +345,7 @@ def test_promotion_makes_the_candidate_stable_and_the_old_stable_drain(harness, 
 
 
 def test_a_rollback_of_a_promoted_rollout_is_refused(agent, v1, v2):
-    rollout = start(agent, v2, stages=[100])
+    rollout = start_rollout(agent, v2, stages=[100])
     assert rollout.state == "promoted"
     with pytest.raises(engine.TransitionError):
         engine.transition(rollout.pk, "rollback", actor="tester")
@@ -382,7 +353,7 @@ def test_a_rollback_of_a_promoted_rollout_is_refused(agent, v1, v2):
 
 
 def test_a_rollback_with_evacuate_tells_the_candidates_sessions_to_drain(harness, agent, v1, v2):
-    rollout = start(agent, v2, stages=[50, 100])
+    rollout = start_rollout(agent, v2, stages=[50, 100])
     on_v2 = ids_on(agent, v2.pk, 2, "c")
     for session_id in on_v2:
         sessions.assign(SLUG, session_id)
@@ -394,15 +365,15 @@ def test_a_rollback_with_evacuate_tells_the_candidates_sessions_to_drain(harness
 
 
 def test_set_stable_refuses_while_a_rollout_is_open(agent, v1, v2, make_version):
-    start(agent, v2)
+    start_rollout(agent, v2)
     with pytest.raises(engine.TransitionError):
         engine.set_stable(agent, make_version(agent, "v3"), actor="tester")
     assert Agent.objects.get(pk=agent.pk).stable_id == v1.pk
 
 
 def test_supersede_records_both_rollouts(agent, v1, v2, make_version):
-    old = start(agent, v2)
-    new = start(agent, make_version(agent, "v3"), supersede=True, reason="v3 has the fix")
+    old = start_rollout(agent, v2)
+    new = start_rollout(agent, make_version(agent, "v3"), supersede=True, reason="v3 has the fix")
     old.refresh_from_db()
     assert old.state == "superseded"
     assert old.ended_at is not None

@@ -16,11 +16,6 @@ END = "/api/agents/{slug}/sessions/{sid}/end/"
 FLEET = "/api/agents/{slug}/fleet/"
 
 
-@pytest.fixture
-def actor(release_manager):
-    return release_manager.user
-
-
 def start(client, agent, sid: str) -> int:
     response = client.post(START.format(slug=agent.slug), {"session_id": sid}, format="json")
     assert response.status_code == 201

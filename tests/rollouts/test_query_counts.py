@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 from rollouts import engine
 from rollouts.models import FULL, Routing, Session
 from rollouts.routing import Table
-from versions.models import Agent
+from tests.rollouts.conftest import expected_version, set_weights
 
 START = "/api/agents/{slug}/sessions/"
 FLEET = "/api/agents/{slug}/fleet/"
-
-
-def set_weights(agent: Agent, weights: dict[int, int]) -> None:
-    with transaction.atomic():
-        routing = engine._lock_routing(agent)
-        engine._set_weights(routing, weights, timezone.now())
-
-
-def expected_version(slug: str, session_id: str, weights: dict[int, int]) -> int:
-    bucket = int(hashlib.sha256(f"{slug}:{session_id}".encode()).hexdigest()[:16], 16) % 10000
-    upper = 0
-    for version_id in sorted(weights):
-        upper += weights[version_id]
-        if bucket < upper:
-            return version_id
-    raise AssertionError("no range holds the bucket")
 
 
 def start(client, agent, session_id: str):

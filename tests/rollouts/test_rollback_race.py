@@ -6,16 +6,15 @@ connection, and a barrier releases them together.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from rollouts import engine
 from rollouts.models import Rollout, RolloutEvent, Routing
+from tests.concurrency import race
 from versions.models import Agent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
@@ -29,32 +28,18 @@ STAGES = engine.validate_stages(
 def run_together(*calls: Callable[[], Any]) -> list[Any]:
     """Run each call in its own thread and connection, released at once by a barrier.
     Returns each call's result, or the exception it raised."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
 
-    def run(index: int, call: Callable[[], Any]) -> None:
+    def outcome(index: int) -> Any:
         try:
-            connection.ensure_connection()  # connect before the barrier, not after it
-            barrier.wait(timeout=10)
-            results[index] = call()
+            return calls[index]()
         except Exception as exc:
-            results[index] = exc
-        finally:
-            connection.close()
+            return exc
 
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads), "a racer hung (deadlock?)"
-    return results
+    return race(len(calls), outcome, timeout=30)
 
 
 @pytest.fixture
-def world(agent, make_version):
-    v1, v2 = make_version(agent, "v1"), make_version(agent, "v2")
-    engine.set_stable(agent, v1, actor="test")
+def world(agent, v1, v2):
     return agent, v1, v2
 
 

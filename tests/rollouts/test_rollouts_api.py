@@ -105,11 +105,6 @@ def v1(agent, make_version, release_manager):
 
 
 @pytest.fixture
-def v2(agent, make_version):
-    return make_version(agent, "v2")
-
-
-@pytest.fixture
 def v3(agent, make_version):
     return make_version(agent, "v3")
 

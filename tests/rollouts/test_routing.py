@@ -3,38 +3,18 @@ cacheable routing table (DESIGN §5, §9)."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import pytest
-from django.db import transaction
-from django.utils import timezone
 
 from rollouts import engine, sessions
 from rollouts.models import FULL, Rollout, Session
 from rollouts.routing import Table
+from tests.rollouts.conftest import expected_version, set_weights
 from versions.models import Agent, Version
 
 SESSIONS_URL = "/api/agents/{slug}/sessions/"
 ROUTING_URL = "/api/agents/{slug}/routing/"
-
-
-def set_weights(agent: Agent, weights: dict[Version, int]) -> None:
-    """Write a routing table directly, the way every engine transition does."""
-    with transaction.atomic():
-        routing = engine._lock_routing(agent)
-        engine._set_weights(routing, {v.pk: w for v, w in weights.items()}, timezone.now())
-
-
-def expected_version(slug: str, session_id: str, weights: dict[int, int]) -> int:
-    """The documented assignment, computed independently of rollouts.routing."""
-    bucket = int(hashlib.sha256(f"{slug}:{session_id}".encode()).hexdigest()[:16], 16) % 10000
-    upper = 0
-    for version_id in sorted(weights):
-        upper += weights[version_id]
-        if bucket < upper:
-            return version_id
-    raise AssertionError(f"bucket {bucket} is outside every range of {weights}")
 
 
 def assert_tuple(payload: dict, version: Version) -> None:

@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
-from metrics.gates import validate_gates
 from rollouts import engine, tasks
-from rollouts.models import Rollout, RolloutEvent, Routing
+from rollouts.models import RolloutEvent
+from tests.rollouts.conftest import start_rollout, weights
 from versions.models import Agent, AuditEntry
 
 pytestmark = pytest.mark.django_db
 
 QUICK = {"min_duration_s": 0, "min_sessions": 0}
-
-
-@pytest.fixture
-def v1(agent, make_version):
-    version = make_version(agent, "v1")
-    engine.set_stable(agent, version, actor="test")
-    return version
-
-
-@pytest.fixture
-def v2(agent, make_version):
-    return make_version(agent, "v2")
-
-
-def start(agent, candidate, stages: Any, gates: Any = (), **kwargs: Any) -> Rollout:
-    return engine.start_rollout(
-        agent,
-        candidate=candidate,
-        stages=engine.validate_stages(stages),
-        gates=validate_gates(list(gates)),
-        actor="alice",
-        **kwargs,
-    )
 
 
 def run_beat() -> dict:
@@ -46,12 +22,8 @@ def run_beat() -> dict:
     return result.get()
 
 
-def weights(agent) -> dict[int, int]:
-    return {int(k): v for k, v in Routing.objects.get(agent=agent).weights.items()}
-
-
 def test_the_beat_advances_a_ready_stage_as_system(agent, v1, v2):
-    rollout = start(
+    rollout = start_rollout(
         agent, v2, [{"percent": 5, **QUICK}, {"percent": 50, "min_duration_s": 3600}, 100]
     )
     assert run_beat() == {"evaluated": 1, "changed": 1}
@@ -74,7 +46,7 @@ def test_the_beat_advances_a_ready_stage_as_system(agent, v1, v2):
 
 
 def test_the_beat_is_idempotent_while_a_stage_is_not_ready(agent, v1, v2):
-    rollout = start(
+    rollout = start_rollout(
         agent, v2, [{"percent": 5, **QUICK}, {"percent": 50, "min_duration_s": 3600}, 100]
     )
     run_beat()
@@ -89,7 +61,7 @@ def test_the_beat_is_idempotent_while_a_stage_is_not_ready(agent, v1, v2):
 
 
 def test_the_beat_promotes_at_the_last_stage(agent, v1, v2):
-    rollout = start(agent, v2, [{"percent": 50, **QUICK}, 100])
+    rollout = start_rollout(agent, v2, [{"percent": 50, **QUICK}, 100])
     run_beat()
     rollout.refresh_from_db()
     assert rollout.state == "promoted"
@@ -98,7 +70,7 @@ def test_the_beat_promotes_at_the_last_stage(agent, v1, v2):
 
 
 def test_the_beat_halts_an_overdue_stage_as_inconclusive(agent, v1, v2):
-    rollout = start(
+    rollout = start_rollout(
         agent,
         v2,
         [{"percent": 5, "min_duration_s": 0, "min_sessions": 10, "max_duration_s": 0}, 100],
@@ -114,7 +86,7 @@ def test_the_beat_halts_an_overdue_stage_as_inconclusive(agent, v1, v2):
 
 
 def test_the_beat_never_advances_past_an_inconclusive_critical_gate(agent, v1, v2):
-    rollout = start(
+    rollout = start_rollout(
         agent,
         v2,
         [{"percent": 5, **QUICK}, 100],
@@ -128,7 +100,7 @@ def test_the_beat_never_advances_past_an_inconclusive_critical_gate(agent, v1, v
 
 
 def test_the_beat_leaves_paused_halted_and_closed_rollouts_alone(agent, v1, v2, make_version):
-    rollout = start(agent, v2, [{"percent": 5, **QUICK}, 100])
+    rollout = start_rollout(agent, v2, [{"percent": 5, **QUICK}, 100])
     engine.transition(rollout.pk, "pause", actor="alice")
     assert run_beat() == {"evaluated": 0, "changed": 0}
     rollout.refresh_from_db()
@@ -140,7 +112,7 @@ def test_the_beat_leaves_paused_halted_and_closed_rollouts_alone(agent, v1, v2, 
 
 def test_the_beat_evaluates_at_the_time_it_is_given(agent, v1, v2):
     """The verdict it acts on is the one for ``now``, not for the wall clock."""
-    rollout = start(
+    rollout = start_rollout(
         agent,
         v2,
         [

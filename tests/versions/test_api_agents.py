@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.contrib.auth import get_user_model
-from django.db import connection
-from rest_framework.test import APIClient
 
-from controlplane.models import ApiToken, Profile, Role
+from controlplane.models import ApiToken
+from tests.concurrency import race, token_client
 from versions import services
 from versions.models import Agent, AuditEntry
 
@@ -289,31 +285,10 @@ def test_a_created_agent_can_be_sent_back_as_is(release_manager, viewer, agent):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_creates_of_one_slug_make_one_agent_and_no_500():
-    user = get_user_model().objects.create_user(username="racer")
-    Profile.objects.create(user=user, role=Role.RELEASE_MANAGER)
-    token = ApiToken.issue(user)
-    threads = 6
-    barrier = threading.Barrier(threads)
-    statuses: list[int] = []
-    lock = threading.Lock()
+def test_concurrent_creates_of_one_slug_make_one_agent_and_no_500(release_manager):
+    token = ApiToken.issue(release_manager.user)
 
-    def post() -> None:
-        try:
-            client = APIClient()
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-            barrier.wait(timeout=10)
-            response = create(client)
-            with lock:
-                statuses.append(response.status_code)
-        finally:
-            connection.close()
-
-    workers = [threading.Thread(target=post) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=30)
+    statuses = race(6, lambda _: create(token_client(token)).status_code)
 
     # The loser either sees the row (400, slug taken) or loses the insert race (409).
     assert sorted(statuses)[0] == 201

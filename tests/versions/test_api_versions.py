@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from controlplane.models import ApiToken, Profile, Role
+from controlplane.models import ApiToken
+from tests.concurrency import race, token_client
 from tests.conftest import BASE_TUPLE, tuple_with
 from versions.api import VersionSerializer
 from versions.fingerprint import fingerprint, layer_fingerprint
@@ -564,37 +563,16 @@ def test_deleting_a_version_raises(agent, make_version):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_registrations_of_one_tuple_make_one_version(agent):
-    user = get_user_model().objects.create_user(username="racer")
-    Profile.objects.create(user=user, role=Role.RELEASE_MANAGER)
-    token = ApiToken.issue(user)
+def test_concurrent_registrations_of_one_tuple_make_one_version(agent, release_manager):
+    token = ApiToken.issue(release_manager.user)
     threads = 8
-    barrier = threading.Barrier(threads)
-    results: list[tuple[int, Any]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
 
-    def post() -> None:
-        try:
-            client = APIClient()
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-            barrier.wait(timeout=10)
-            response = client.post(url(agent), BASE_TUPLE, format="json")
-            with lock:
-                results.append((response.status_code, response.json().get("id")))
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        finally:
-            connection.close()
+    def post(_: int) -> tuple[int, Any]:
+        response = token_client(token).post(url(agent), BASE_TUPLE, format="json")
+        return response.status_code, response.json().get("id")
 
-    workers = [threading.Thread(target=post) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=30)
+    results = race(threads, post)
 
-    assert not errors
     statuses = sorted(status for status, _id in results)
     assert statuses == [200] * (threads - 1) + [201]
     assert len({version_id for _status, version_id in results}) == 1
@@ -604,32 +582,18 @@ def test_concurrent_registrations_of_one_tuple_make_one_version(agent):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_registrations_racing_for_one_label_give_one_winner(agent):
-    user = get_user_model().objects.create_user(username="racer")
-    Profile.objects.create(user=user, role=Role.RELEASE_MANAGER)
-    token = ApiToken.issue(user)
+def test_concurrent_registrations_racing_for_one_label_give_one_winner(agent, release_manager):
+    token = ApiToken.issue(release_manager.user)
     threads = 6
-    barrier = threading.Barrier(threads)
-    statuses: list[int] = []
-    lock = threading.Lock()
+    bodies = [
+        {**tuple_with(code={"ref": f"git:{index:04x}"}), "label": "release-1"}
+        for index in range(threads)
+    ]
 
-    def post(index: int) -> None:
-        try:
-            client = APIClient()
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-            body = {**tuple_with(code={"ref": f"git:{index:04x}"}), "label": "release-1"}
-            barrier.wait(timeout=10)
-            response = client.post(url(agent), body, format="json")
-            with lock:
-                statuses.append(response.status_code)
-        finally:
-            connection.close()
+    def post(index: int) -> int:
+        return token_client(token).post(url(agent), bodies[index], format="json").status_code
 
-    workers = [threading.Thread(target=post, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=30)
+    statuses = race(threads, post)
 
     assert sorted(statuses) == [201] + [400] * (threads - 1)
     assert Version.objects.filter(agent=agent, label="release-1").count() == 1

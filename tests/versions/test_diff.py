@@ -67,6 +67,27 @@ def kinds(result: dict[str, Any]) -> list[str]:
     return [reason["kind"] for reason in result["reasons"]]
 
 
+# risk: (rainbow_required, breaking), as DESIGN §4 derives them
+VERDICTS = {
+    "none": (False, False),
+    "low": (False, False),
+    "rainbow": (True, False),
+    "breaking": (True, True),
+}
+
+
+def assert_verdict(
+    result: dict[str, Any], risk: str, changed_layers: list[str] | None = None
+) -> None:
+    """The diff's risk, the two flags that go with it and, when given, its changed layers."""
+    rainbow, breaking = VERDICTS[risk]
+    assert result["risk"] == risk
+    assert result["rainbow_required"] is rainbow
+    assert result["breaking"] is breaking
+    if changed_layers is not None:
+        assert result["changed_layers"] == changed_layers
+
+
 def only_tool_change(result: dict[str, Any]) -> dict[str, Any]:
     [modified] = result["layers"]["tools"]["modified"]
     [change] = modified["changes"]
@@ -79,10 +100,7 @@ def only_tool_change(result: dict[str, Any]) -> dict[str, Any]:
 def test_it_reports_nothing_for_identical_tuples():
     result = diff_tuples(BASE, copy.deepcopy(BASE))
 
-    assert result["changed_layers"] == []
-    assert result["rainbow_required"] is False
-    assert result["breaking"] is False
-    assert result["risk"] == "none"
+    assert_verdict(result, "none", [])
     assert result["reasons"] == []
     assert all(layer["changed"] is False for layer in result["layers"].values())
     assert result["layers"]["tools"] == {
@@ -125,10 +143,7 @@ def test_true_is_not_the_same_value_as_one():
 def test_row_model_provider_changed_requires_rainbow():
     result = diff_tuples(BASE, changed(lambda t: t["model"].update(provider="openai")))
 
-    assert result["changed_layers"] == ["model"]
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow", ["model"])
     [reason] = result["reasons"]
     assert reason["layer"] == "model"
     assert reason["kind"] == "model_changed"
@@ -147,8 +162,7 @@ def test_row_model_provider_changed_requires_rainbow():
 def test_row_model_name_changed_requires_rainbow():
     result = diff_tuples(BASE, changed(lambda t: t["model"].update(name="claude-opus")))
 
-    assert result["rainbow_required"] is True
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow")
     assert kinds(result) == ["model_changed"]
     assert result["layers"]["model"]["changes"] == {
         "name": {"before": "claude-sonnet", "after": "claude-opus"},
@@ -164,10 +178,7 @@ def test_row_model_params_changed_requires_rainbow_and_lists_the_params():
 
     result = diff_tuples(BASE, changed(edit))
 
-    assert result["changed_layers"] == ["model"]
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow", ["model"])
     [reason] = result["reasons"]
     assert reason["kind"] == "model_params_changed"
     assert reason["rainbow"] is True
@@ -191,10 +202,7 @@ def test_row_prompt_part_modified_requires_rainbow_with_similarity():
         difflib.SequenceMatcher(None, "Answer in English.", "Answer in French.").ratio(), 4
     )
     assert expected == 0.7429
-    assert result["changed_layers"] == ["prompts"]
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow", ["prompts"])
     [reason] = result["reasons"]
     assert reason["kind"] == "prompt_changed"
     assert reason["rainbow"] is True
@@ -234,10 +242,7 @@ def test_row_prompt_part_removed_requires_rainbow():
 def test_row_tool_removed_is_breaking():
     result = diff_tuples(BASE, changed(lambda t: t["tools"].remove(FETCH)))
 
-    assert result["changed_layers"] == ["tools"]
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is True
-    assert result["risk"] == "breaking"
+    assert_verdict(result, "breaking", ["tools"])
     assert result["layers"]["tools"]["removed"] == ["fetch"]
     assert result["layers"]["tools"]["added"] == []
     [reason] = result["reasons"]
@@ -258,9 +263,7 @@ def test_row_required_parameter_added_is_breaking():
 
     result = diff_tuples(BASE, changed(edit))
 
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is True
-    assert result["risk"] == "breaking"
+    assert_verdict(result, "breaking")
     assert only_tool_change(result) == {
         "kind": "required_param_added",
         "path": "properties.region",
@@ -277,9 +280,7 @@ def test_row_parameter_type_changed_is_breaking():
         BASE, changed(lambda t: schema(t)["properties"]["limit"].update(type="string"))
     )
 
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is True
-    assert result["risk"] == "breaking"
+    assert_verdict(result, "breaking")
     change = only_tool_change(result)
     assert change["kind"] == "type_changed"
     assert change["path"] == "properties.limit.type"
@@ -292,10 +293,7 @@ def test_row_tool_added_requires_rainbow_but_is_not_breaking():
     new_tool = {"name": "calc", "description": "Arithmetic", "input_schema": {"type": "object"}}
     result = diff_tuples(BASE, changed(lambda t: t["tools"].append(new_tool)))
 
-    assert result["changed_layers"] == ["tools"]
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow", ["tools"])
     assert result["layers"]["tools"]["added"] == ["calc"]
     assert kinds(result) == ["tool_added"]
     assert result["reasons"][0]["breaking"] is False
@@ -306,9 +304,7 @@ def test_row_optional_parameter_added_requires_rainbow_but_is_not_breaking():
         BASE, changed(lambda t: schema(t)["properties"].update(lang={"type": "string"}))
     )
 
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow")
     assert only_tool_change(result) == {
         "kind": "optional_param_added",
         "path": "properties.lang",
@@ -322,9 +318,7 @@ def test_row_tool_description_changed_requires_rainbow_but_is_not_breaking():
         BASE, changed(lambda t: t["tools"][0].update(description="Search the whole web"))
     )
 
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow")
     assert only_tool_change(result) == {
         "kind": "description_changed",
         "path": "description",
@@ -340,8 +334,7 @@ def test_row_parameter_description_changed_requires_rainbow_but_is_not_breaking(
         changed(lambda t: schema(t)["properties"]["query"].update(description="Search terms")),
     )
 
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
+    assert_verdict(result, "rainbow")
     change = only_tool_change(result)
     assert change["kind"] == "description_changed"
     assert change["path"] == "properties.query.description"
@@ -351,10 +344,7 @@ def test_row_parameter_description_changed_requires_rainbow_but_is_not_breaking(
 def test_row_code_ref_only_allows_a_single_stage_cutover():
     result = diff_tuples(BASE, changed(lambda t: t["code"].update(ref="git:bbbb2222")))
 
-    assert result["changed_layers"] == ["code"]
-    assert result["rainbow_required"] is False
-    assert result["breaking"] is False
-    assert result["risk"] == "low"
+    assert_verdict(result, "low", ["code"])
     [reason] = result["reasons"]
     assert reason["layer"] == "code"
     assert reason["kind"] == "code_changed"
@@ -370,9 +360,7 @@ def test_row_code_ref_only_allows_a_single_stage_cutover():
 def test_row_any_code_key_only_allows_a_single_stage_cutover():
     result = diff_tuples(BASE, changed(lambda t: t["code"].update(image="sha256:ff00")))
 
-    assert result["changed_layers"] == ["code"]
-    assert result["rainbow_required"] is False
-    assert result["risk"] == "low"
+    assert_verdict(result, "low", ["code"])
     assert kinds(result) == ["code_changed"]
 
 
@@ -383,9 +371,7 @@ def test_code_with_another_layer_requires_rainbow():
 
     result = diff_tuples(BASE, changed(edit))
 
-    assert result["changed_layers"] == ["code", "prompts"]
-    assert result["rainbow_required"] is True
-    assert result["risk"] == "rainbow"
+    assert_verdict(result, "rainbow", ["code", "prompts"])
     assert [(r["kind"], r["rainbow"]) for r in result["reasons"]] == [
         ("code_changed", False),
         ("prompt_changed", True),
@@ -547,9 +533,7 @@ def test_schema_change_classification(edit, kind, path, breaking):
 
     change = only_tool_change(result)
     assert (change["kind"], change["path"], change["breaking"]) == (kind, path, breaking)
-    assert result["breaking"] is breaking
-    assert result["rainbow_required"] is True
-    assert result["risk"] == ("breaking" if breaking else "rainbow")
+    assert_verdict(result, "breaking" if breaking else "rainbow")
     assert result["layers"]["tools"]["modified"][0]["breaking"] is breaking
     assert [(r["kind"], r["breaking"], r["rainbow"]) for r in result["reasons"]] == [
         (kind, breaking, True)
@@ -627,8 +611,7 @@ def test_other_tool_level_keys_are_additive_tool_changes():
         "breaking": False,
         "message": "tool field 'strict' changed (unset → true)",
     }
-    assert result["rainbow_required"] is True
-    assert result["breaking"] is False
+    assert_verdict(result, "rainbow")
 
 
 def test_a_tool_lists_every_change_and_is_breaking_if_any_is():
