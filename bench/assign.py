@@ -27,6 +27,7 @@ import secrets
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import Meter, Usage, parent_of
+from bench.cpu import Meter, Usage, children, connections_by_process, parent_of
 from bench.load import Client, Load, PythonClient, WrkClient, find_wrk
 from bench.server import FreshDatabase, Gunicorn, GunicornConfig, gunicorn_version
 
@@ -70,6 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=("auto", "wrk", "python"),
         default="auto",
         help="load generator (auto: wrk, installed with apt if missing, else the asyncio client)",
+    )
+    parser.add_argument(
+        "--no-reuse-port", action="store_true", help="one listener shared by all workers"
     )
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
@@ -215,6 +219,7 @@ class Run:
     load: Load
     rows: int  # rows the database gained for this run
     usage: Usage
+    spread: list[int] | None  # the client's connections held by each worker, mid-run
 
     def cpu_ms(self, part: str) -> float | None:
         """CPU milliseconds per response spent by the server, database or client."""
@@ -254,14 +259,24 @@ class Driver:
 
     def drive(self, arm: Arm, round_: str, duration: float) -> Run:
         prefix = f"{arm.name[0]}{'w' if round_ == 'warm-up' else round_}"
+        spread: list[list[int] | None] = [None]
+
+        def look() -> None:
+            workers = children(self.server.process.pid)
+            spread[0] = connections_by_process(self.server.port, workers)
+
+        halfway = threading.Timer(duration / 2, look)
         before = self.meter.snapshot()
+        halfway.start()
         load = self.client.run(
             self.server.base_url + arm.path, prefix=prefix, auth=arm.auth, expected=201,
             connections=self.connections, duration_s=duration,
         )  # fmt: skip
         usage = self.meter.usage(before, self.meter.snapshot())
+        halfway.cancel()
+        halfway.join()
         rows = count_rows(arm.name, prefix, self.fixture, load.sent)
-        run = Run(arm.name, round_, prefix, load, rows, usage)
+        run = Run(arm.name, round_, prefix, load, rows, usage, spread[0])
         say(
             f"  {round_:>7} {arm.name:<6} {load.rps:8.1f} req/s  p50 {load.p50_ms:6.2f} ms  "
             f"p99 {load.p99_ms:6.2f} ms  ({load.requests} responses, {rows} rows)"
@@ -312,7 +327,7 @@ def benchmark(args: argparse.Namespace, db: FreshDatabase) -> int:
     facts = server_facts()
     database_pid = postmaster_pid()
 
-    config = GunicornConfig(workers=args.workers, threads=args.threads)
+    config = GunicornConfig(args.workers, args.threads, reuse_port=not args.no_reuse_port)
     arms = [
         Arm(FLOOR, "/bench/floor/", ""),
         Arm(PRISM, f"/api/agents/{fixture.slug}/sessions/", f"Token {fixture.token}"),
@@ -440,6 +455,13 @@ class Summary:
     p99: float
     server_ms: float | None
     database_ms: float | None
+    client_ms: float | None
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """All the CPU one request costs the machine."""
+        parts = (self.server_ms, self.database_ms, self.client_ms)
+        return None if None in parts else sum(parts)
 
     @classmethod
     def of(cls, runs: list[Run]) -> Summary:
@@ -449,6 +471,7 @@ class Summary:
             p99=median([r.load.p99_ms for r in runs]) or 0.0,
             server_ms=median([r.cpu_ms("server") for r in runs]),
             database_ms=median([r.cpu_ms("database") for r in runs]),
+            client_ms=median([r.cpu_ms("client") for r in runs]),
         )
 
 
@@ -472,15 +495,17 @@ def render(args, config, client, facts, fixture, runs, checks, server_log) -> st
         f"{args.duration:g} s per arm, order alternating",
         f"prism     POST /api/agents/{fixture.slug}/sessions/ with a harness token; "
         "every request a new session; weights "
-        + ", ".join(f"{label} {w / 100:g}%" for label, w in LABELS_AND_WEIGHTS),
+        + ", ".join(f"{label} {w / 100:g}%" for label, w in LABELS_AND_WEIGHTS)
+        + f" (routing epoch {fixture.epoch})",
         "floor     POST /bench/floor/: plain Django view, one INSERT ... ON CONFLICT DO NOTHING",
         "",
         "Per run. CPU columns: milliseconds of CPU per request spent by gunicorn, by",
         "PostgreSQL and by the client; 'others' is CPU taken by unrelated processes, as a",
-        "share of the machine (high values mean a noisy run).",
+        "share of the machine (high values mean a noisy run); conns/worker: how the",
+        "client's connections were spread over the gunicorn workers, halfway through.",
         "",
         "round    arm     requests    req/s   p50 ms   p99 ms   max ms"
-        "   server       db   client   others",
+        "   server       db   client   others   conns/worker",
     ]
     for r in runs:
         others = r.usage.others_share()
@@ -490,6 +515,7 @@ def render(args, config, client, facts, fixture, runs, checks, server_log) -> st
             f"{fmt(r.cpu_ms('server'), '.2f', 8)} {fmt(r.cpu_ms('database'), '.2f', 8)} "
             f"{fmt(r.cpu_ms('client'), '.2f', 8)} "
             f"{fmt(None if others is None else 100 * others, '.0f', 7)}%"
+            f"   {'/'.join(map(str, r.spread)) if r.spread else '-'}"
         )
     lines += [
         "",
@@ -519,6 +545,16 @@ def render(args, config, client, facts, fixture, runs, checks, server_log) -> st
         f"   (per round: {', '.join(f'{x:.2f}' for x in per_round)})",
         f"Prism p99                     {p99:.2f} ms   target <= {TARGET_P99_MS:g} ms: "
         f"{'PASS' if p99 <= TARGET_P99_MS else 'MISS'}",
+    ]
+    if med[FLOOR].cpu_ms and med[PRISM].cpu_ms:
+        lines += [
+            f"CPU-cost ratio                {med[FLOOR].cpu_ms / med[PRISM].cpu_ms:.2f}   "
+            f"(floor {med[FLOOR].cpu_ms:.2f} / Prism {med[PRISM].cpu_ms:.2f} ms of CPU per "
+            "request, server + db + client):",
+            "                                     the throughput ratio of a quiet, CPU-bound "
+            "machine",
+        ]
+    lines += [
         "",
         "Correctness",
         *(f"  {'ok  ' if ok else 'FAIL'} {text}" for text, ok in checks),
@@ -542,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         os.execv(script, [str(script), sys.executable, "-m", "bench.assign", *argv])
     if not url.startswith(("postgres://", "postgresql://")):
         raise SystemExit(f"bench.assign measures PostgreSQL; DATABASE_URL is {url!r}")
-    db = FreshDatabase.create(url, f"prism_bench_{datetime.now(UTC):%Y%m%d%H%M%S}")
+    db = FreshDatabase.create(url, f"prism_bench_{datetime.now(UTC):%Y%m%d%H%M%S}_{os.getpid()}")
     if not db.fresh:
         say(f"No CREATEDB privilege: using {db.name} as it is.")
     try:

@@ -1,6 +1,7 @@
-"""CPU accounting from /proc, so a run says where the machine's CPU went: the server,
-the database, the load generator, or other processes on the machine (which make the
-numbers noisy). Linux only; elsewhere every figure is None."""
+"""Accounting from /proc: where the machine's CPU went during a run (the server, the
+database, the load generator, or unrelated processes, which make a run noisy), and how
+the client's connections were spread over the gunicorn workers. Linux only; elsewhere
+the figures are None."""
 
 from __future__ import annotations
 
@@ -34,18 +35,22 @@ def parent_of(pid: int) -> int | None:
     return None if fields is None else int(fields[1])
 
 
+def children(parent: int) -> list[int]:
+    return [
+        int(entry.name)
+        for entry in PROC.iterdir()
+        if entry.name.isdigit() and parent_of(int(entry.name)) == parent
+    ]
+
+
 def tree(root: int) -> dict[int, float]:
     """CPU seconds of a process and its direct children (gunicorn's workers, the
     postmaster's backends)."""
     found = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == root or parent_of(pid) == root:
-            cpu = process_cpu(pid)
-            if cpu is not None:
-                found[pid] = cpu
+    for pid in [root, *children(root)]:
+        cpu = process_cpu(pid)
+        if cpu is not None:
+            found[pid] = cpu
     return found
 
 
@@ -120,3 +125,33 @@ class Meter:
             client=after[3] - before[3],
             machine=machine,
         )
+
+
+def connections_by_process(port: int, pids: list[int]) -> list[int] | None:
+    """How many established TCP connections to ``port`` each process holds, largest
+    first: shows whether the kernel spread keep-alive connections over the workers."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    counts = []
+    for pid in pids:
+        held = 0
+        try:
+            for fd in (PROC / str(pid) / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    held += 1
+        except OSError:
+            pass
+        counts.append(held)
+    return sorted(counts, reverse=True)

@@ -56,27 +56,25 @@ def free_port() -> int:
 class GunicornConfig:
     workers: int
     threads: int
+    reuse_port: bool = True
     keepalive_s: int = 75
 
     def args(self) -> list[str]:
-        return [
-            "--worker-class",
-            "gthread",
-            "--workers",
-            str(self.workers),
-            "--threads",
-            str(self.threads),
-            "--keep-alive",
-            str(self.keepalive_s),
-            "--log-level",
-            "warning",
-            "--timeout",
-            "60",
-        ]
+        args = [
+            "--worker-class", "gthread", "--workers", str(self.workers),
+            "--threads", str(self.threads), "--keep-alive", str(self.keepalive_s),
+            "--log-level", "warning", "--timeout", "60",
+        ]  # fmt: skip
+        # With one shared listener, the first gthread worker to wake up accepts every
+        # connection a small keep-alive client opens, and the other workers idle. With
+        # SO_REUSEPORT each worker listens on its own socket and the kernel spreads
+        # connections over them.
+        return [*args, "--reuse-port"] if self.reuse_port else args
 
     def describe(self) -> str:
+        listener = "a listener per worker (SO_REUSEPORT)" if self.reuse_port else "one listener"
         return (
-            f"gthread, {self.workers} workers x {self.threads} threads, "
+            f"gthread, {self.workers} workers x {self.threads} threads, {listener}, "
             f"keep-alive {self.keepalive_s}s"
         )
 
