@@ -46,6 +46,9 @@ def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+PREPARED_STATEMENTS = envbool("PRISM_PREPARED_STATEMENTS", "true")
+
+
 def database_from_url(name: str, url: str) -> dict:
     """Translate a ``DATABASE_URL`` into a Django ``DATABASES`` entry.
 
@@ -73,7 +76,14 @@ def database_from_url(name: str, url: str) -> dict:
             "PORT": str(port or query_port),
             "CONN_MAX_AGE": envint("DATABASE_CONN_MAX_AGE", "60"),
             "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": options,
+            "OPTIONS": {
+                # Django's default disables prepared statements; this threshold keeps
+                # automatic preparation off but lets the session hot path prepare its
+                # one statement explicitly (see rollouts.sessions). Behind a pooler
+                # without prepared-statement support, set PRISM_PREPARED_STATEMENTS=false.
+                "prepare_threshold": 2**31 - 1 if PREPARED_STATEMENTS else None,
+                **options,
+            },
             "TEST": {"NAME": f"test_{dbname}"},
         }
     if parts.scheme == "sqlite":

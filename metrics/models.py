@@ -14,8 +14,12 @@ class Outcome(models.Model):
     started in the same window, without reading the rollouts app.
     """
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
-    version = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="outcomes")
+    # The unique (agent, session_id) and (version, started_at) indexes lead with the
+    # foreign keys, so single-column indexes would only slow every insert.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
+    version = models.ForeignKey(
+        Version, on_delete=models.PROTECT, related_name="outcomes", db_index=False
+    )
     session_id = models.CharField(max_length=200)
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, help_text="Null while only feedback has arrived")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from datetime import datetime
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -14,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api import Conflict
-from controlplane.models import Role
+from controlplane.models import Role, hash_key
 from metrics.gates import GateError, validate_gates
 from rollouts import drain, engine, sessions
 from rollouts.models import Rollout, Routing
@@ -304,25 +307,52 @@ class SessionCreate(APIView):
         ),
         responses={201: dict, 200: dict},
     )
-    def post(self, request: Request, slug: str) -> Response:
+    def post(self, request: Request, slug: str) -> HttpResponse:
         data = request.data if isinstance(request.data, dict) else {}
         session_id = _session_id(data.get("session_id"))
         try:
-            assignment, version = sessions.assign(slug, session_id)
+            assignment = sessions.assign(slug, session_id)
         except sessions.NotFound:
             raise NotFound(f"No agent {slug!r}.") from None
         except sessions.NoRoute:
             raise Conflict("The agent has no stable version yet; nothing to route to.") from None
-        return Response(
-            {
-                "session_id": assignment.session_id,
-                "version": version,
-                "directive": assignment.directive,
-                "state": assignment.state,
-                "started_at": assignment.started_at,
-            },
-            status=status.HTTP_201_CREATED if assignment.created else status.HTTP_200_OK,
-        )
+        return _assignment_response(assignment)
+
+
+def _assignment_response(assignment: sessions.Assignment) -> HttpResponse:
+    return HttpResponse(
+        sessions.assignment_json(assignment),
+        content_type="application/json",
+        status=status.HTTP_201_CREATED if assignment.created else status.HTTP_200_OK,
+    )
+
+
+_full_session_create = SessionCreate.as_view()
+
+
+@functools.wraps(_full_session_create)
+def session_create(request: HttpRequest, slug: str) -> HttpResponse:
+    """``POST /agents/{slug}/sessions/``: the hot path, in front of the full DRF view.
+
+    A harness with a token, a well-formed body and nothing unusual to handle is served
+    with two queries and no DRF machinery. Everything else (browser sessions, bad input,
+    unknown agents, refusals, directives that must write) goes to ``SessionCreate``, so
+    the contract and its errors are defined in one place.
+    """
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if request.method == "POST" and scheme == "Token" and key:
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            body = None
+        session_id = body.get("session_id") if isinstance(body, dict) else None
+        if isinstance(session_id, str) and sessions.valid_session_id(session_id):
+            assignment = sessions.assign_for_token(
+                slug, session_id, hash_key(key.strip()), HARNESS_AND_MANAGER
+            )
+            if assignment is not None:
+                return _assignment_response(assignment)
+    return _full_session_create(request, slug=slug)
 
 
 class SessionHeartbeat(APIView):

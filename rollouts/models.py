@@ -60,9 +60,13 @@ class SessionState(models.TextChoices):
 class Session(models.Model):
     """One agent session, pinned to the version that started it."""
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    # No single-column indexes on the foreign keys: the unique (agent, session_id) and
+    # the (version, state) indexes lead with them, and every pin pays for each index.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
     session_id = models.CharField(max_length=200)
-    version = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="sessions")
+    version = models.ForeignKey(
+        Version, on_delete=models.PROTECT, related_name="sessions", db_index=False
+    )
     state = models.CharField(max_length=16, choices=SessionState.choices, default="live")
     started_at = models.DateTimeField()
     last_seen_at = models.DateTimeField()
@@ -78,7 +82,10 @@ class Session(models.Model):
         ]
         indexes = [
             models.Index(fields=["version", "state"], name="session_version_state"),
-            models.Index(fields=["agent", "state", "last_seen_at"], name="session_agent_idle"),
+            # Live sessions per agent, for the beat's sweeps. last_seen_at is left out on
+            # purpose: heartbeats update it, and an indexed column would make every
+            # heartbeat a non-HOT update that rewrites all of the row's index entries.
+            models.Index(fields=["agent"], condition=Q(state="live"), name="session_live_by_agent"),
         ]
 
     def __str__(self) -> str:

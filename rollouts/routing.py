@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,16 +52,16 @@ class Table:
             bounds.append(total)
         return cls(epoch=epoch, version_ids=tuple(ids), upper_bounds=tuple(bounds))
 
+    def routes(self, version_id: int) -> bool:
+        """Whether the version gets new sessions (weight above 0)."""
+        return version_id in self.version_ids
+
     def pick(self, bucket_: int) -> int | None:
         """The version whose cumulative range holds ``bucket_``; None for an empty table."""
         if not self.version_ids:
             return None
         index = bisect.bisect_right(self.upper_bounds, bucket_)
         return self.version_ids[min(index, len(self.version_ids) - 1)]
-
-
-def weights_of(routing: Routing) -> dict[int, int]:
-    return {int(k): int(v) for k, v in routing.weights.items() if int(v) > 0}
 
 
 # Per-process cache of compiled tables. The key includes the epoch, which every request
@@ -73,15 +74,25 @@ _MAX_TABLES = 4096
 
 
 def table_for(routing: Routing) -> Table:
-    key = (routing.agent_id, routing.epoch, routing.updated_at)
+    return cached_table(
+        routing.agent_id, routing.epoch, routing.updated_at, lambda: routing.weights
+    )
+
+
+def cached_table(
+    agent_id: int, epoch: int, updated_at: datetime, load_weights: Callable[[], dict]
+) -> Table:
+    """The compiled table for this epoch; ``load_weights`` runs only on a miss."""
+    key = (agent_id, epoch, updated_at)
     table = _tables.get(key)
     if table is None:
-        table = Table.compile(routing.epoch, weights_of(routing))
+        weights = {int(k): int(v) for k, v in load_weights().items() if int(v) > 0}
+        table = Table.compile(epoch, weights)
         with _tables_lock:
             if len(_tables) >= _MAX_TABLES:
                 _tables.clear()
             # Older epochs of this agent can never be asked for again.
-            for stale in [k for k in _tables if k[0] == routing.agent_id]:
+            for stale in [k for k in _tables if k[0] == agent_id]:
                 _tables.pop(stale, None)
             _tables[key] = table
     return table

@@ -7,13 +7,17 @@ pins. With token authentication that is three queries in all.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
+from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
 from metrics import outcomes
 from rollouts import routing as routing_mod
@@ -128,25 +132,27 @@ def _apply_verdict(
 
 # --- version payloads ------------------------------------------------------------------
 
-# Versions are immutable, so their API form can be cached per process forever; the
-# fingerprint in the key makes a reused id (a recreated test database) harmless.
-_payloads: dict[int, tuple[str, dict]] = {}
+# Versions are immutable and never deleted, so an id always names the same tuple and its
+# API form can be cached per process for good, as a dict and as encoded JSON.
+_payloads: dict[int, tuple[dict, bytes]] = {}
 _payloads_lock = threading.Lock()
+_encoder = DRFJSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def version_payload(version_id: int, fingerprint: str | None = None) -> dict:
+def version_payload(version_id: int) -> tuple[dict, bytes]:
+    cached = _payloads.get(version_id)
+    if cached is not None:
+        return cached
     from versions.api import version_payload as serialize
 
-    cached = _payloads.get(version_id)
-    if cached is not None and (fingerprint is None or cached[0] == fingerprint):
-        return cached[1]
     version = Version.objects.select_related("agent", "created_by").get(pk=version_id)
     payload = serialize(version)
+    cached = (payload, _encoder.encode(payload).encode())
     with _payloads_lock:
         if len(_payloads) > 10000:
             _payloads.clear()
-        _payloads[version_id] = (version.fingerprint, payload)
-    return payload
+        _payloads[version_id] = cached
+    return cached
 
 
 # --- assignment --------------------------------------------------------------------------
@@ -217,9 +223,8 @@ def _as_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def assign(slug: str, session_id: str) -> tuple[Assignment, dict]:
-    """Pin a new session by weight, or return the existing pin. Returns the assignment
-    and the pinned version's whole tuple."""
+def assign(slug: str, session_id: str) -> Assignment:
+    """Pin a new session by weight, or return the existing pin, and decide its directive."""
     now = timezone.now()
     try:
         routing = Routing.objects.select_related("agent").get(agent__slug=slug)
@@ -246,7 +251,7 @@ def assign(slug: str, session_id: str) -> tuple[Assignment, dict]:
             started_at=started_at,
             drain_at=_as_datetime(drain_at),
         )
-        active = routing.weight_of(version_id) > 0
+        active = table.routes(version_id)
         verdict = decide(
             state=state,
             started_at=started_at,
@@ -257,8 +262,164 @@ def assign(slug: str, session_id: str) -> tuple[Assignment, dict]:
         )
         _apply_verdict(session, verdict, routing.agent, now, version_active=active)
         directive, state = verdict.directive, session.state
-    assignment = Assignment(session_id, version_id, bool(inserted), directive, started_at, state)
-    return assignment, version_payload(version_id)
+    return Assignment(session_id, version_id, bool(inserted), directive, started_at, state)
+
+
+def assignment_json(assignment: Assignment) -> bytes:
+    """The answer to a session start, encoded once. Both the hot path and the full path
+    use it, so their answers are the same bytes."""
+    _, version = version_payload(assignment.version_id)
+    encode = _encoder.encode
+    return b"".join((
+        b'{"session_id":', encode(assignment.session_id).encode(),
+        b',"version":', version,
+        b',"directive":', encode(assignment.directive).encode(),
+        b',"state":', encode(assignment.state).encode(),
+        b',"started_at":', encode(assignment.started_at).encode(),
+        b"}",
+    ))  # fmt: skip
+
+
+# Everything the hot path reads, in one round trip: the caller's token, user and role,
+# and the agent's routing row and drain policy.
+_HOT_READ = """
+WITH caller AS (
+    SELECT u.is_active, u.is_superuser, p.role
+    FROM controlplane_apitoken t
+    JOIN auth_user u ON u.id = t.user_id
+    LEFT JOIN controlplane_profile p ON p.user_id = u.id
+    WHERE t.key_hash = %(key)s
+), route AS (
+    SELECT r.agent_id, r.epoch, r.updated_at, r.weights, a.max_session_age_s, a.drain_grace_s
+    FROM versions_agent a JOIN rollouts_routing r ON r.agent_id = a.id
+    WHERE a.slug = %(slug)s
+)
+SELECT route.*, caller.* FROM route CROSS JOIN caller
+"""
+
+# The same read with the pin in the same statement (PostgreSQL). The pin is written only
+# if the routing row is still the one the caller's table was compiled from and the
+# caller may start sessions; otherwise its columns come back null and nothing changed.
+_HOT_READ_AND_PIN = """
+WITH caller AS (
+    SELECT u.is_active, u.is_superuser, p.role
+    FROM controlplane_apitoken t
+    JOIN auth_user u ON u.id = t.user_id
+    LEFT JOIN controlplane_profile p ON p.user_id = u.id
+    WHERE t.key_hash = %(key)s
+), route AS (
+    SELECT r.agent_id, r.epoch, r.updated_at, r.weights, a.max_session_age_s, a.drain_grace_s
+    FROM versions_agent a JOIN rollouts_routing r ON r.agent_id = a.id
+    WHERE a.slug = %(slug)s
+), pin AS (
+    INSERT INTO rollouts_session
+        (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
+    SELECT route.agent_id, %(session_id)s, %(version)s, 'live', %(now)s, %(now)s, ''
+    FROM route CROSS JOIN caller
+    WHERE route.agent_id = %(agent_id)s AND route.epoch = %(epoch)s
+      AND route.updated_at = %(updated_at)s
+      AND caller.is_active AND (caller.is_superuser OR caller.role = ANY(%(roles)s))
+    ON CONFLICT (agent_id, session_id) DO UPDATE
+        SET last_seen_at = CASE WHEN rollouts_session.state = 'live'
+                                THEN EXCLUDED.last_seen_at
+                                ELSE rollouts_session.last_seen_at END
+    RETURNING version_id, state, started_at, drain_at, (xmax = 0) AS inserted
+)
+SELECT route.*, caller.*, pin.*
+FROM route CROSS JOIN caller LEFT JOIN pin ON true
+"""
+
+
+def _prepared_fetchone(sql: str, params: dict[str, Any]) -> tuple | None:
+    """Run one statement as a server-side prepared statement on Django's connection.
+
+    Planning the hot statement costs more than running it, and Django's client-side
+    binding plans every execution afresh. Preparing it once per connection removes
+    that. The query is logged like any other, so query counts in tests still see it.
+    """
+    if connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    connection.ensure_connection()
+    started = time.monotonic()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        row = cursor.fetchone()
+    if connection.queries_logged:
+        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+    return row
+
+
+# slug -> (agent_id, epoch, updated_at, table): the routing this process saw last, so
+# the next pin can be written in the same statement as the read that checks it.
+_known_routes: dict[str, tuple[int, int, datetime, routing_mod.Table]] = {}
+
+
+def assign_for_token(
+    slug: str, session_id: str, key_hash: str, roles: frozenset[str]
+) -> Assignment | None:
+    """The hot path for a harness with an API token: one round trip when warm.
+
+    1. Pick the version from the table this process compiled for the agent's last seen
+       routing, and send one statement that reads the caller's role and the agent's
+       routing row and writes the pin, if that routing is still current.
+    2. If the routing moved on (or this process has not seen the agent yet), compile
+       the table for the epoch just read and upsert the pin: a second round trip.
+    3. For an existing pin, decide the directive.
+
+    Anything short of plainly fine (unknown token or agent, a role that may not start
+    sessions, nothing to route to, a directive that must write) returns None, and the
+    caller takes the full path, which gives the canonical answer or error. Nothing is
+    written for a caller that may not start sessions.
+    """
+    now = timezone.now()
+    bucket = routing_mod.bucket(slug, session_id)
+    known = _known_routes.get(slug)
+    guess = known[3].pick(bucket) if known is not None else None
+    if guess is not None and connection.vendor == "postgresql":
+        row = _prepared_fetchone(_HOT_READ_AND_PIN, {
+            "key": key_hash, "slug": slug, "session_id": session_id, "version": guess,
+            "now": now, "agent_id": known[0], "epoch": known[1], "updated_at": known[2],
+            "roles": [str(role) for role in roles],
+        })  # fmt: skip
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_HOT_READ, {"key": key_hash, "slug": slug})
+            row = cursor.fetchone()
+    if row is None:
+        return None
+    agent_id, epoch, updated_at, weights, max_age, grace, is_active, superuser, role = row[:9]
+    if not is_active or not (superuser or role in roles):
+        return None
+    pin = row[9:]
+    if not pin or pin[0] is None:
+        updated_at = _as_datetime(updated_at)
+        table = routing_mod.cached_table(
+            agent_id, epoch, updated_at,
+            lambda: json.loads(weights) if isinstance(weights, str | bytes) else weights,
+        )  # fmt: skip
+        _known_routes[slug] = (agent_id, epoch, updated_at, table)
+        target = table.pick(bucket)
+        if target is None:
+            return None
+        pin = _upsert(agent_id, session_id, target, now)[1:]
+    version_id, state, started_at, drain_at, inserted = pin
+    started_at = _as_datetime(started_at)
+    directive = CONTINUE
+    if not inserted:
+        verdict = decide(
+            state=state,
+            started_at=started_at,
+            drain_at=_as_datetime(drain_at),
+            version_active=_known_routes[slug][3].routes(version_id),
+            policy={"max_session_age_s": max_age, "drain_grace_s": grace},
+            now=now,
+        )
+        if verdict.start_drain or verdict.expire:
+            return None
+        directive = verdict.directive
+    return Assignment(session_id, version_id, bool(inserted), directive, started_at, state)
 
 
 # --- heartbeat, end, feedback ------------------------------------------------------------

@@ -8,7 +8,7 @@ urlpatterns = [
     path("agents/<slug:slug>/rollback/", api.AgentRollbackView.as_view(), name="agent-rollback"),
     path("agents/<slug:slug>/rollouts/", api.AgentRollouts.as_view(), name="agent-rollouts"),
     path("agents/<slug:slug>/fleet/", api.FleetView.as_view(), name="agent-fleet"),
-    path("agents/<slug:slug>/sessions/", api.SessionCreate.as_view(), name="session-create"),
+    path("agents/<slug:slug>/sessions/", api.session_create, name="session-create"),
     path(
         "agents/<slug:slug>/sessions/<path:session_id>/heartbeat/",
         api.SessionHeartbeat.as_view(),

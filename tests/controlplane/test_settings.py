@@ -73,7 +73,7 @@ def test_it_parses_a_postgres_url():
     assert db["PASSWORD"] == "s@cret"
     assert db["HOST"] == "db.example.com"
     assert db["PORT"] == "6543"
-    assert db["OPTIONS"] == {"sslmode": "require"}
+    assert db["OPTIONS"] == {"sslmode": "require", "prepare_threshold": 2**31 - 1}
 
 
 def test_it_parses_a_postgresql_url_with_a_socket_directory():

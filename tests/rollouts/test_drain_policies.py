@@ -136,6 +136,8 @@ def test_it_tells_a_reasking_session_to_drain_too(policy_agent, make_version, ha
     assert response.status_code == 200
     assert response.json()["directive"] == "drain"
     assert response.json()["version"]["id"] == v1.pk
+    # The hot path hands a directive that must write to the full path, which audits it.
+    assert len(audits("session.drain")) == 1
 
 
 def test_it_applies_a_changed_policy_at_the_very_next_heartbeat(

@@ -156,3 +156,56 @@ def test_the_fleet_query_count_does_not_grow_with_versions_or_sessions(
     assert states.count("drained") == 2
     assert len(states) == 8
     assert large == small, f"{small} queries for 2 versions, {large} for 8"
+
+
+def test_the_warm_token_hot_path_is_one_statement(agent, routed, harness):
+    """Read (token, role, routing, policy) and pin in one statement once this process
+    has seen the agent's routing; a regression to the ORM path would be four or more."""
+    v1 = routed[0]
+    for i in range(40):  # fill the caches: this routing, both versions' payloads
+        start(harness, agent, f"warm-{i}")
+    with CaptureQueriesContext(connection) as new_pin:
+        assert start(harness, agent, "fresh").status_code == 201
+    with CaptureQueriesContext(connection) as known_pin:
+        assert start(harness, agent, "fresh").status_code == 200
+    assert len(new_pin.captured_queries) == 1
+    assert len(known_pin.captured_queries) == 1
+
+    # After a routing change the statement writes nothing; the pin follows the new epoch.
+    set_weights(agent, {v1.pk: FULL})
+    with CaptureQueriesContext(connection) as changed:
+        response = start(harness, agent, "after-change")
+    assert response.status_code == 201
+    assert response.json()["version"]["id"] == v1.pk
+    assert len(changed.captured_queries) == 2
+
+
+def test_a_refused_token_writes_no_pin_on_the_hot_path(agent, routed, harness, viewer):
+    start(harness, agent, "warm")  # the process now knows the routing
+    response = start(viewer, agent, "viewer-try")
+    assert response.status_code == 403
+    assert not Session.objects.filter(session_id="viewer-try").exists()
+
+
+def test_the_hot_path_and_the_full_path_answer_the_same_bytes(agent, routed, django_user_model):
+    """A browser session takes the full DRF path; a token takes the hot path."""
+    from rest_framework.test import APIClient
+
+    from controlplane.models import ApiToken, Profile, Role
+
+    user = django_user_model.objects.create_user("both-ways")
+    Profile.objects.create(user=user, role=Role.HARNESS)
+    by_session, by_token = APIClient(), APIClient()
+    by_session.force_login(user)
+    by_token.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.issue(user)}")
+
+    first = start(by_session, agent, "same-session")
+    again_full = start(by_session, agent, "same-session")
+    again_hot = start(by_token, agent, "same-session")
+    assert first.status_code == 201
+    assert (again_full.status_code, again_hot.status_code) == (200, 200)
+    assert again_hot.content == again_full.content
+    assert again_hot["Content-Type"] == again_full["Content-Type"] == "application/json"
+    new_hot = start(by_token, agent, "other-session")
+    assert new_hot.status_code == 201
+    assert set(new_hot.json()) == set(first.json())
