@@ -209,3 +209,19 @@ def test_the_hot_path_and_the_full_path_answer_the_same_bytes(agent, routed, dja
     new_hot = start(by_token, agent, "other-session")
     assert new_hot.status_code == 201
     assert set(new_hot.json()) == set(first.json())
+
+
+def test_the_hot_path_works_without_prepared_statements(agent, routed, harness, monkeypatch):
+    """PRISM_PREPARED_STATEMENTS=false (behind a pooler): the same answers through
+    Django's own cursor, and still one statement when warm."""
+    monkeypatch.setitem(connection.settings_dict["OPTIONS"], "prepare_threshold", None)
+    for i in range(40):
+        start(harness, agent, f"warm-{i}")
+    with CaptureQueriesContext(connection) as warm:
+        response = start(harness, agent, "unprepared")
+    assert response.status_code == 201
+    assert response.json()["version"]["id"] == expected_version(
+        agent.slug, "unprepared", {v.pk: 5000 for v in routed}
+    )
+    assert len(warm.captured_queries) == 1
+    assert start(harness, agent, "unprepared").status_code == 200
