@@ -168,16 +168,23 @@ class Assignment:
     state: str
 
 
-_UPSERT_PG = """
-INSERT INTO rollouts_session
-    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
-VALUES (%s, %s, %s, 'live', %s, %s, '')
+# An existing pin wins the (agent, session_id) conflict; asking again counts as a sign
+# of life for a live session. xmax = 0 only on the row version this statement inserted.
+_ON_CONFLICT_KEEP_PIN = """
 ON CONFLICT (agent_id, session_id) DO UPDATE
     SET last_seen_at = CASE WHEN rollouts_session.state = 'live'
                             THEN EXCLUDED.last_seen_at
                             ELSE rollouts_session.last_seen_at END
-RETURNING id, version_id, state, started_at, drain_at, (xmax = 0) AS inserted
 """
+
+_UPSERT_PG = (
+    """
+INSERT INTO rollouts_session
+    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
+VALUES (%s, %s, %s, 'live', %s, %s, '')"""
+    + _ON_CONFLICT_KEEP_PIN
+    + "RETURNING id, version_id, state, started_at, drain_at, (xmax = 0) AS inserted"
+)
 
 _INSERT_SQLITE = """
 INSERT INTO rollouts_session
@@ -282,7 +289,7 @@ def assignment_json(assignment: Assignment) -> bytes:
 
 # Everything the hot path reads, in one round trip: the caller's token, user and role,
 # and the agent's routing row and drain policy.
-_HOT_READ = """
+_CALLER_AND_ROUTE = """
 WITH caller AS (
     SELECT u.is_active, u.is_superuser, p.role
     FROM controlplane_apitoken t
@@ -293,41 +300,35 @@ WITH caller AS (
     SELECT r.agent_id, r.epoch, r.updated_at, r.weights, a.max_session_age_s, a.drain_grace_s
     FROM versions_agent a JOIN rollouts_routing r ON r.agent_id = a.id
     WHERE a.slug = %(slug)s
-)
+)"""
+
+_HOT_READ = (
+    _CALLER_AND_ROUTE
+    + """
 SELECT route.*, caller.* FROM route CROSS JOIN caller
 """
+)
 
 # The same read with the pin in the same statement (PostgreSQL). The pin is written only
 # if the routing row is still the one the caller's table was compiled from and the
 # caller may start sessions; otherwise its columns come back null and nothing changed.
-_HOT_READ_AND_PIN = """
-WITH caller AS (
-    SELECT u.is_active, u.is_superuser, p.role
-    FROM controlplane_apitoken t
-    JOIN auth_user u ON u.id = t.user_id
-    LEFT JOIN controlplane_profile p ON p.user_id = u.id
-    WHERE t.key_hash = %(key)s
-), route AS (
-    SELECT r.agent_id, r.epoch, r.updated_at, r.weights, a.max_session_age_s, a.drain_grace_s
-    FROM versions_agent a JOIN rollouts_routing r ON r.agent_id = a.id
-    WHERE a.slug = %(slug)s
-), pin AS (
+_HOT_READ_AND_PIN = (
+    _CALLER_AND_ROUTE
+    + """, pin AS (
     INSERT INTO rollouts_session
         (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
     SELECT route.agent_id, %(session_id)s, %(version)s, 'live', %(now)s, %(now)s, ''
     FROM route CROSS JOIN caller
     WHERE route.agent_id = %(agent_id)s AND route.epoch = %(epoch)s
       AND route.updated_at = %(updated_at)s
-      AND caller.is_active AND (caller.is_superuser OR caller.role = ANY(%(roles)s))
-    ON CONFLICT (agent_id, session_id) DO UPDATE
-        SET last_seen_at = CASE WHEN rollouts_session.state = 'live'
-                                THEN EXCLUDED.last_seen_at
-                                ELSE rollouts_session.last_seen_at END
-    RETURNING version_id, state, started_at, drain_at, (xmax = 0) AS inserted
+      AND caller.is_active AND (caller.is_superuser OR caller.role = ANY(%(roles)s))"""
+    + _ON_CONFLICT_KEEP_PIN
+    + """RETURNING version_id, state, started_at, drain_at, (xmax = 0) AS inserted
 )
 SELECT route.*, caller.*, pin.*
 FROM route CROSS JOIN caller LEFT JOIN pin ON true
 """
+)
 
 
 def _prepared_fetchone(sql: str, params: dict[str, Any]) -> tuple | None:
