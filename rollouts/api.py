@@ -303,19 +303,38 @@ class SessionCreate(APIView):
 
     @extend_schema(
         request=inline_serializer(
-            "SessionStart", {"session_id": serializers.CharField(max_length=200)}
+            "SessionStart",
+            {
+                "session_id": serializers.CharField(max_length=200),
+                "version": serializers.IntegerField(
+                    required=False,
+                    help_text="Report a pin made locally while Prism was unreachable: "
+                    "the version the session already runs on.",
+                ),
+            },
         ),
         responses={201: dict, 200: dict},
     )
     def post(self, request: Request, slug: str) -> HttpResponse:
         data = request.data if isinstance(request.data, dict) else {}
         session_id = _session_id(data.get("session_id"))
+        reported = data.get("version")
+        if reported is not None and (isinstance(reported, bool) or not isinstance(reported, int)):
+            raise ValidationError({"version": ["A version id (integer) is required."]})
         try:
-            assignment = sessions.assign(slug, session_id)
+            assignment = sessions.assign(slug, session_id, reported)
         except sessions.NotFound:
             raise NotFound(f"No agent {slug!r}.") from None
         except sessions.NoRoute:
             raise Conflict("The agent has no stable version yet; nothing to route to.") from None
+        except sessions.UnknownVersion:
+            raise ValidationError(
+                {"version": [f"Version {reported} is not a version of {slug!r}."]}
+            ) from None
+        except sessions.PinConflict as exc:
+            raise Conflict(
+                f"Session {session_id!r} is already pinned to version {exc.pinned}."
+            ) from None
         return _assignment_response(assignment)
 
 
@@ -334,10 +353,11 @@ _full_session_create = SessionCreate.as_view()
 def session_create(request: HttpRequest, slug: str) -> HttpResponse:
     """``POST /agents/{slug}/sessions/``: the hot path, in front of the full DRF view.
 
-    A harness with a token, a well-formed body and nothing unusual to handle is served
-    with two queries and no DRF machinery. Everything else (browser sessions, bad input,
-    unknown agents, refusals, directives that must write) goes to ``SessionCreate``, so
-    the contract and its errors are defined in one place.
+    A harness with a token, a plain ``{"session_id"}`` body and nothing unusual to handle
+    is served with one statement and no DRF machinery. Everything else (browser
+    sessions, reported pins, bad input, unknown agents, refusals, directives that must
+    write) goes to ``SessionCreate``, so the contract and its errors are defined in one
+    place.
     """
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     if request.method == "POST" and scheme == "Token" and key:
@@ -345,7 +365,8 @@ def session_create(request: HttpRequest, slug: str) -> HttpResponse:
             body = json.loads(request.body)
         except ValueError:
             body = None
-        session_id = body.get("session_id") if isinstance(body, dict) else None
+        plain = isinstance(body, dict) and body.keys() == {"session_id"}
+        session_id = body["session_id"] if plain else None
         if isinstance(session_id, str) and sessions.valid_session_id(session_id):
             assignment = sessions.assign_for_token(
                 slug, session_id, hash_key(key.strip()), HARNESS_AND_MANAGER

@@ -36,6 +36,18 @@ class NoRoute(Exception):
     """The agent has no version to route to (no stable has been set)."""
 
 
+class UnknownVersion(Exception):
+    """A reported version that is not a version of this agent."""
+
+
+class PinConflict(Exception):
+    """A reported version that disagrees with the session's existing pin."""
+
+    def __init__(self, pinned: int) -> None:
+        super().__init__(f"the session is pinned to version {pinned}")
+        self.pinned = pinned
+
+
 def valid_session_id(session_id: str) -> bool:
     return 1 <= len(session_id) <= 200 and session_id.isprintable()
 
@@ -230,8 +242,14 @@ def _as_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def assign(slug: str, session_id: str) -> Assignment:
-    """Pin a new session by weight, or return the existing pin, and decide its directive."""
+def assign(slug: str, session_id: str, reported: int | None = None) -> Assignment:
+    """Pin a new session by weight, or return the existing pin, and decide its directive.
+
+    ``reported`` is a version the harness already ran the session on, having routed it
+    locally while the control plane was unreachable ("fail static"): the pin records
+    that version instead of computing one. It must be a version of this agent, and it
+    must agree with a pin that already exists (``PinConflict`` otherwise).
+    """
     now = timezone.now()
     try:
         routing = Routing.objects.select_related("agent").get(agent__slug=slug)
@@ -240,12 +258,19 @@ def assign(slug: str, session_id: str) -> Assignment:
             raise NoRoute(slug) from None
         raise NotFound(slug) from None
     table = routing_mod.table_for(routing)
-    target = table.pick(routing_mod.bucket(slug, session_id))
+    if reported is not None:
+        if not Version.objects.filter(pk=reported, agent_id=routing.agent_id).exists():
+            raise UnknownVersion(reported)
+        target = reported
+    else:
+        target = table.pick(routing_mod.bucket(slug, session_id))
     if target is None:
         raise NoRoute(slug)
     pk, version_id, state, started_at, drain_at, inserted = _upsert(
         routing.agent_id, session_id, target, now
     )
+    if reported is not None and version_id != reported:
+        raise PinConflict(version_id)
     started_at = _as_datetime(started_at)
     directive = CONTINUE
     if not inserted:

@@ -330,3 +330,54 @@ def test_it_lets_only_harnesses_and_managers_use_sessions(
     assert Session.objects.get(session_id="existing").state == (
         "ended" if expected == 200 else "live"
     )
+
+
+# --- pins reported after local routing ("fail static") ---------------------------------
+
+
+def report(client, slug: str, session_id: str, version):
+    return client.post(
+        START.format(slug=slug), {"session_id": session_id, "version": version}, format="json"
+    )
+
+
+def test_a_pin_made_locally_while_prism_was_down_is_recorded_as_reported(
+    agent, stable, make_version, harness
+):
+    # The harness routed to v0 from its cached table; v0 gets no weight now.
+    v0 = make_version(agent, label="v0")
+    response = report(harness, agent.slug, "offline-1", v0.pk)
+    assert response.status_code == 201
+    assert response.json()["version"]["id"] == v0.pk
+    assert Session.objects.get(session_id="offline-1").version_id == v0.pk
+    # Reporting it again is harmless; asking without a version returns the same pin.
+    assert report(harness, agent.slug, "offline-1", v0.pk).status_code == 200
+    assert start(harness, agent.slug, "offline-1").json()["version"]["id"] == v0.pk
+
+
+def test_a_reported_pin_that_contradicts_the_stored_one_is_a_409(
+    agent, stable, make_version, harness
+):
+    other = make_version(agent, label="other")
+    assert start(harness, agent.slug, "s").json()["version"]["id"] == stable.pk
+    response = report(harness, agent.slug, "s", other.pk)
+    assert response.status_code == 409
+    assert f"pinned to version {stable.pk}" in response.json()["detail"]
+    assert Session.objects.get(session_id="s").version_id == stable.pk
+
+
+@pytest.mark.parametrize("bad", ["1", True, 1.5, -1, 10**9])
+def test_a_reported_version_must_be_one_of_the_agents_versions(agent, stable, harness, bad):
+    response = report(harness, agent.slug, "s", bad)
+    assert response.status_code == 400
+    assert "version" in response.json()
+    assert not Session.objects.filter(session_id="s").exists()
+
+
+def test_a_reported_version_of_another_agent_is_a_400(agent, stable, make_version, harness):
+    from versions.models import Agent
+
+    elsewhere = make_version(Agent.objects.create(slug="other-agent", name="Other"))
+    response = report(harness, agent.slug, "s", elsewhere.pk)
+    assert response.status_code == 400
+    assert not Session.objects.filter(session_id="s").exists()
