@@ -1,4 +1,4 @@
-"""Shared API plumbing: the state-conflict exception, the error handler, a base view."""
+"""Shared API plumbing: the state-conflict exception, the JSON parser, the error handler."""
 
 from __future__ import annotations
 
@@ -18,12 +18,6 @@ class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "This change conflicts with the current state."
     default_code = "conflict"
-
-
-class Gone(exceptions.APIException):
-    status_code = status.HTTP_410_GONE
-    default_detail = "Gone."
-    default_code = "gone"
 
 
 class JSONParser(parsers.JSONParser):

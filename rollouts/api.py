@@ -24,7 +24,6 @@ from rollouts.models import Rollout, Routing
 from rollouts.routing import etag
 from versions.models import Agent, Version
 
-READERS = frozenset({Role.VIEWER, Role.RELEASE_MANAGER})
 HARNESS_AND_MANAGER = frozenset({Role.HARNESS, Role.RELEASE_MANAGER})
 EVERYONE = frozenset({Role.VIEWER, Role.HARNESS, Role.RELEASE_MANAGER})
 

@@ -145,10 +145,6 @@ class Rollout(models.Model):
     def percent(self) -> float:
         return self.stages[self.stage]["percent"]
 
-    @property
-    def is_open(self) -> bool:
-        return self.state in OPEN_STATES
-
 
 class RolloutEvent(models.Model):
     """A rollout's timeline: every transition with its actor, reason and evidence."""
