@@ -16,8 +16,9 @@ THREADS = 16
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.postgres
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
 def test_it_pins_one_session_once_under_sixteen_concurrent_starts(
-    agent, make_version, harness, release_manager
+    agent, make_version, harness, release_manager, warm
 ):
     v1, v2 = make_version(agent), make_version(agent)
     engine.set_stable(agent, v1, actor=release_manager.user)
@@ -25,6 +26,10 @@ def test_it_pins_one_session_once_under_sixteen_concurrent_starts(
     set_weights(agent, {v1: 5000, v2: 5000})
     token = ApiToken.issue(harness.user)
     url = f"/api/agents/{agent.slug}/sessions/"
+    if warm:
+        # The process now knows the routing, so every racer takes the one-statement
+        # path (read and pin in one CTE) rather than read-then-upsert.
+        assert token_client(token).post(url, {"session_id": "w"}, format="json").status_code == 201
 
     def post(_: int) -> tuple[int, dict]:
         response = token_client(token).post(url, {"session_id": "the-one"}, format="json")
