@@ -240,16 +240,22 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     now = now or timezone.now()
     routing = Routing.objects.filter(agent=agent).first()
     weights = {int(k): int(v) for k, v in (routing.weights if routing else {}).items()}
-    counts = {
-        row["version_id"]: row
-        for row in Session.objects.filter(agent=agent)
-        .values("version_id")
-        .annotate(live=Count("id", filter=Q(state=SessionState.LIVE)), total=Count("id"))
-        .order_by()
-    }
     versions = list(
         Version.objects.filter(agent=agent).select_related("lifecycle", "agent").order_by("-id")
     )
+    # COUNT(*) grouped by (version, state) can be answered from the (version, state)
+    # index alone, without visiting the rows of every session the agent ever had.
+    counts: dict[int, dict[str, int]] = {}
+    for row in (
+        Session.objects.filter(version_id__in=[v.pk for v in versions])
+        .values("version_id", "state")
+        .annotate(n=Count("*"))
+        .order_by()
+    ):
+        entry = counts.setdefault(row["version_id"], {"live": 0, "total": 0})
+        entry["total"] += row["n"]
+        if row["state"] == SessionState.LIVE:
+            entry["live"] += row["n"]
     rows = []
     for version in versions:
         lifecycle = getattr(version, "lifecycle", None)
