@@ -36,6 +36,16 @@ def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
     return DRAINING if live else DRAINED
 
 
+def live_counts(version_ids: list[int] | None = None, *, agent: Agent | None = None) -> dict:
+    """{version_id: live sessions} for some versions or a whole agent, in one query."""
+    sessions = Session.objects.filter(state=SessionState.LIVE)
+    if agent is not None:
+        sessions = sessions.filter(agent=agent)
+    if version_ids is not None:
+        sessions = sessions.filter(version_id__in=version_ids)
+    return dict(sessions.values_list("version_id").annotate(n=Count("*")).order_by())
+
+
 def mark_drained_if_empty(agent: Agent, version_id: int, now: datetime | None = None) -> bool:
     """Record that a weightless version has no live sessions left, once, with an event
     that its infrastructure can be scaled down."""
@@ -130,12 +140,7 @@ def enforce_max_live_versions(agent: Agent, now: datetime) -> list[int]:
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None:
             return []
-        live = dict(
-            Session.objects.filter(agent=agent, state=SessionState.LIVE)
-            .values_list("version_id")
-            .annotate(n=Count("id"))
-            .order_by()
-        )
+        live = live_counts(agent=agent)
         excess = len(live) - agent.max_live_versions
         if excess <= 0:
             return []

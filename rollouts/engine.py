@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from metrics import gates as gates_mod
 from metrics import outcomes
+from rollouts.drain import live_counts
 from rollouts.models import (
     FULL,
     OPEN_STATES,
@@ -139,8 +140,6 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
     losing = [vid for vid in old if vid not in weights]
     gaining = [vid for vid in weights if vid not in old]
     if losing:
-        from rollouts.sessions import live_counts
-
         live = live_counts(losing)
         for vid in losing:
             Lifecycle.objects.update_or_create(

@@ -21,7 +21,9 @@ from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
 from metrics import outcomes
 from rollouts import routing as routing_mod
+from rollouts.drain import mark_drained_if_empty
 from rollouts.models import Routing, Session, SessionState
+from versions.api import version_payload as serialize_version
 from versions.audit import SYSTEM, record
 from versions.models import Agent, Version
 
@@ -137,8 +139,6 @@ def _apply_verdict(
                 )
                 expired = True
     if expired and not version_active:
-        from rollouts.drain import mark_drained_if_empty
-
         mark_drained_if_empty(agent, session.version_id, now)
 
 
@@ -155,10 +155,8 @@ def version_payload(version_id: int) -> tuple[dict, bytes]:
     cached = _payloads.get(version_id)
     if cached is not None:
         return cached
-    from versions.api import version_payload as serialize
-
     version = Version.objects.select_related("agent", "created_by").get(pk=version_id)
-    payload = serialize(version)
+    payload = serialize_version(version)
     cached = (payload, _encoder.encode(payload).encode())
     with _payloads_lock:
         if len(_payloads) > 10000:
@@ -509,8 +507,6 @@ def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, b
             ended_at=session.ended_at or now,
             outcome=outcome,
         )
-    from rollouts.drain import mark_drained_if_empty
-
     routing = getattr(session.agent, "routing", None)
     if routing is not None and routing.weight_of(session.version_id) == 0:
         mark_drained_if_empty(session.agent, session.version_id)
@@ -529,16 +525,3 @@ def feedback(slug: str, session_id: str, value: float) -> Session:
             feedback=value,
         )
     return session
-
-
-def live_counts(version_ids: list[int] | None = None, agent: Agent | None = None) -> dict:
-    """{version_id: live sessions}, in one grouped query."""
-    from django.db.models import Count
-
-    sessions = Session.objects.filter(state=SessionState.LIVE)
-    if agent is not None:
-        sessions = sessions.filter(agent=agent)
-    if version_ids is not None:
-        sessions = sessions.filter(version_id__in=version_ids)
-    rows = sessions.values("version_id").annotate(n=Count("id")).order_by()
-    return {row["version_id"]: row["n"] for row in rows}
