@@ -75,6 +75,11 @@ class Session(models.Model):
         null=True, help_text="When this session was first told to drain."
     )
     end_reason = models.CharField(max_length=200, blank=True, default="")
+    # The routing epoch the pin was computed from. Every stage change moves the epoch,
+    # so metric rollups keyed by it tell exactly which stage of a rollout a session
+    # started in, with no time-bucket approximation. Null for pins reported by a
+    # harness that routed locally from a cached table it did not name.
+    epoch = models.PositiveBigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [

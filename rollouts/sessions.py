@@ -190,32 +190,36 @@ ON CONFLICT (agent_id, session_id) DO UPDATE
 _UPSERT_PG = (
     """
 INSERT INTO rollouts_session
-    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
-VALUES (%s, %s, %s, 'live', %s, %s, '')"""
+    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason, epoch)
+VALUES (%s, %s, %s, 'live', %s, %s, '', %s)"""
     + _ON_CONFLICT_KEEP_PIN
     + "RETURNING id, version_id, state, started_at, drain_at, (xmax = 0) AS inserted"
 )
 
 _INSERT_SQLITE = """
 INSERT INTO rollouts_session
-    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
-VALUES (%s, %s, %s, 'live', %s, %s, '')
+    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason, epoch)
+VALUES (%s, %s, %s, 'live', %s, %s, '', %s)
 ON CONFLICT (agent_id, session_id) DO NOTHING
 RETURNING id, version_id, state, started_at, drain_at
 """
 
 
-def _upsert(agent_id: int, session_id: str, version_id: int, now: datetime) -> tuple:
+def _upsert(
+    agent_id: int, session_id: str, version_id: int, now: datetime, epoch: int | None
+) -> tuple:
     """Pin the session to ``version_id`` unless it is pinned already; one statement on
     PostgreSQL. The unique (agent, session_id) constraint decides concurrent duplicates,
     and every caller gets the row that won."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(_UPSERT_PG, [agent_id, session_id, version_id, now, now])
+            cursor.execute(_UPSERT_PG, [agent_id, session_id, version_id, now, now, epoch])
             return cursor.fetchone()
         # SQLite serialises writers, so insert-or-read is race-free there.
         with transaction.atomic():
-            cursor.execute(_INSERT_SQLITE, [agent_id, session_id, version_id, now, now])
+            cursor.execute(
+                _INSERT_SQLITE, [agent_id, session_id, version_id, now, now, epoch]
+            )
             row = cursor.fetchone()
             if row is not None:
                 return (*row, True)
@@ -265,7 +269,7 @@ def assign(slug: str, session_id: str, reported: int | None = None) -> Assignmen
     if target is None:
         raise NoRoute(slug)
     pk, version_id, state, started_at, drain_at, inserted = _upsert(
-        routing.agent_id, session_id, target, now
+        routing.agent_id, session_id, target, now, None if reported is not None else routing.epoch
     )
     if reported is not None and version_id != reported:
         raise PinConflict(version_id)
@@ -339,8 +343,8 @@ _HOT_READ_AND_PIN = (
     _CALLER_AND_ROUTE
     + """, pin AS (
     INSERT INTO rollouts_session
-        (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason)
-    SELECT route.agent_id, %(session_id)s, %(version)s, 'live', %(now)s, %(now)s, ''
+        (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason, epoch)
+    SELECT route.agent_id, %(session_id)s, %(version)s, 'live', %(now)s, %(now)s, '', route.epoch
     FROM route CROSS JOIN caller
     WHERE route.agent_id = %(agent_id)s AND route.epoch = %(epoch)s
       AND route.updated_at = %(updated_at)s
@@ -427,7 +431,7 @@ def assign_for_token(
         target = table.pick(bucket)
         if target is None:
             return None
-        pin = _upsert(agent_id, session_id, target, now)[1:]
+        pin = _upsert(agent_id, session_id, target, now, epoch)[1:]
     version_id, state, started_at, drain_at, inserted = pin
     started_at = _as_datetime(started_at)
     directive = CONTINUE

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from metrics.models import Outcome
 from rollouts import engine
-from rollouts.models import Session
+from rollouts.models import Routing, Session
+from tests.rollouts.conftest import set_weights
 
 START = "/api/agents/{slug}/sessions/"
 BEAT = "/api/agents/{slug}/sessions/{sid}/heartbeat/"
@@ -381,3 +382,19 @@ def test_a_reported_version_of_another_agent_is_a_400(agent, stable, make_versio
     response = report(harness, agent.slug, "s", elsewhere.pk)
     assert response.status_code == 400
     assert not Session.objects.filter(session_id="s").exists()
+
+
+def test_it_records_the_routing_epoch_each_pin_was_computed_from(agent, v1, v2, harness):
+    """Rollups key on the pin's epoch to tell which stage a session started in, so it
+    must be the epoch of the table that picked the version, on the warm path too."""
+    first = Routing.objects.get(agent=agent).epoch
+    for i in range(3):
+        assert start(harness, agent.slug, f"a-{i}").status_code == 201
+    set_weights(agent, {v1: 5000, v2: 5000})
+    second = Routing.objects.get(agent=agent).epoch
+    assert second > first
+    for i in range(3):
+        assert start(harness, agent.slug, f"b-{i}").status_code == 201
+    epochs = dict(Session.objects.filter(agent=agent).values_list("session_id", "epoch"))
+    assert {epochs[f"a-{i}"] for i in range(3)} == {first}
+    assert {epochs[f"b-{i}"] for i in range(3)} == {second}
