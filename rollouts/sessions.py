@@ -217,9 +217,7 @@ def _upsert(
             return cursor.fetchone()
         # SQLite serialises writers, so insert-or-read is race-free there.
         with transaction.atomic():
-            cursor.execute(
-                _INSERT_SQLITE, [agent_id, session_id, version_id, now, now, epoch]
-            )
+            cursor.execute(_INSERT_SQLITE, [agent_id, session_id, version_id, now, now, epoch])
             row = cursor.fetchone()
             if row is not None:
                 return (*row, True)
