@@ -1,4 +1,5 @@
-"""The quantile sketch: relative accuracy, exact merges, and a lossless JSON form."""
+"""The quantile sketch and metric summaries: relative accuracy, exact merges, and a
+lossless JSON form."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metrics.sketch import MAX_BUCKETS, RELATIVE_ACCURACY, Sketch
+from metrics.summary import Summary
 
 values = st.lists(
     st.floats(min_value=0, max_value=1e7, allow_nan=False, allow_infinity=False),
@@ -70,3 +72,19 @@ def test_its_size_is_bounded_and_upper_quantiles_survive_folding():
     assert len(sketch.buckets) <= MAX_BUCKETS
     want = exact_lower_quantile(data, 0.95)
     assert abs(sketch.quantile(0.95) - want) <= RELATIVE_ACCURACY * want
+
+
+@given(values, values)
+@settings(max_examples=50)
+def test_summaries_add_exactly(left, right):
+    merged = Summary.of(left, sketched=True)
+    merged.update(Summary.of(right, sketched=True))
+    whole = Summary.of(left + right, sketched=True)
+    assert merged.n == whole.n
+    assert merged.total == pytest.approx(whole.total)
+    assert merged.total_sq == pytest.approx(whole.total_sq)
+    assert merged.sketch == whole.sketch
+    if len(left + right) > 1:
+        mean = sum(left + right) / len(left + right)
+        var = sum((x - mean) ** 2 for x in left + right) / (len(left + right) - 1)
+        assert merged.variance == pytest.approx(var, rel=1e-6, abs=1e-3)
