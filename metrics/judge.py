@@ -69,14 +69,43 @@ class GateResult:
     critical: bool
     verdict: str
     contrast: str  # what the interval is for, e.g. "candidate - baseline"
-    estimate: float | None
-    lower: float | None  # None: unbounded
-    upper: float | None
     tolerance: float
     n_candidate: int
     n_baseline: int
     alpha: float  # what the worse-side bound spends
     detail: str
+    interval: stats.Interval | None = field(default=None, repr=False)
+
+    # The interval's bounds are read on demand: a verdict needs only a comparison.
+    @property
+    def estimate(self) -> float | None:
+        return _finite(self.interval.estimate) if self.interval else None
+
+    @property
+    def lower(self) -> float | None:
+        """None when unbounded."""
+        return _finite(self.interval.lower) if self.interval else None
+
+    @property
+    def upper(self) -> float | None:
+        return _finite(self.interval.upper) if self.interval else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "stat": self.stat,
+            "critical": self.critical,
+            "verdict": self.verdict,
+            "contrast": self.contrast,
+            "estimate": self.estimate,
+            "lower": self.lower,
+            "upper": self.upper,
+            "tolerance": self.tolerance,
+            "n_candidate": self.n_candidate,
+            "n_baseline": self.n_baseline,
+            "alpha": self.alpha,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -112,7 +141,7 @@ class Judgement:
     def to_dict(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,
-            "gates": [asdict(g) for g in self.gates],
+            "gates": [g.to_dict() for g in self.gates],
             "srm": asdict(self.srm),
             "summary": {
                 "any_critical_fail": self.any_critical_fail,
@@ -175,14 +204,12 @@ def judge_gate(
             critical=gate["critical"],
             verdict=verdict,
             contrast=contrast,
-            estimate=_finite(interval.estimate) if interval else None,
-            lower=_finite(interval.lower) if interval else None,
-            upper=_finite(interval.upper) if interval else None,
             tolerance=tolerance,
             n_candidate=int(n_c),
             n_baseline=int(n_b),
             alpha=alpha,
             detail=detail,
+            interval=interval,
         )
 
     if source_error:
@@ -200,12 +227,11 @@ def judge_gate(
         return result(INCONCLUSIVE, "no quantile sketch for this metric")
     interval = _interval(gate, strata, 2 * alpha, a)
     if metric.better == HIGHER:
-        worse, better = interval.upper, interval.lower
-        failed, passed = worse < tolerance, better >= tolerance
+        failed = interval.upper_below(tolerance)
+        passed = interval.lower_at_least(tolerance)
     else:
-        worse, better = interval.lower, interval.upper
-        failed, passed = worse > tolerance, better <= tolerance
-    # ``worse`` is the bound on the bad side; ``better`` the one a pass needs within.
+        failed = interval.lower_above(tolerance)
+        passed = interval.upper_at_most(tolerance)
     if failed:
         return result(FAIL, f"the whole interval is worse than the tolerance {tolerance:g}", interval)
     if passed and min(n_c, n_b) >= min_samples:

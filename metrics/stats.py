@@ -87,6 +87,20 @@ class Interval:
     def contains(self, value: float) -> bool:
         return self.lower <= value <= self.upper
 
+    # How the verdicts read an interval. A proportion's interval answers these from the
+    # likelihood ratio at ``value`` alone, without searching for its bounds.
+    def lower_above(self, value: float) -> bool:
+        return self.lower > value
+
+    def upper_at_most(self, value: float) -> bool:
+        return self.upper <= value
+
+    def upper_below(self, value: float) -> bool:
+        return self.upper < value
+
+    def lower_at_least(self, value: float) -> bool:
+        return self.lower >= value
+
 
 UNBOUNDED = Interval(None, -INF, INF, 0.0)
 
@@ -148,33 +162,42 @@ def _xlogy(x: float, y: float) -> float:
 
 
 def _restricted(
-    k_c: float, n_c: float, k_b: float, n_b: float, a: float, theta: float
-) -> tuple[float, float]:
+    k_c: float, n_c: float, k_b: float, n_b: float, a: float, theta: float, start: float = -1.0
+) -> tuple[float, float, float]:
     """Maximise one stage's log-likelihood over the baseline rate ``p`` with the
     candidate's rate tied to ``q = a p + theta``. Returns (log-likelihood, its derivative
-    in ``theta`` at the maximum), by the envelope theorem the partial derivative.
+    in ``theta`` at the maximum, which by the envelope theorem is the partial
+    derivative, and the maximising ``p``).
 
     1. The feasible rates are ``p`` in [lo, hi] with ``0 <= a p + theta <= 1``.
     2. The log-likelihood is concave in ``p``; a positive count at an end makes the slope
        there infinite inwards, a zero count drops its term, so an end can be the maximum.
-    3. Newton's method on the slope from the pooled estimate, kept inside a shrinking
-       bracket (bisection when a step leaves it).
+    3. Newton's method on the slope from ``start`` (the maximiser at a nearby theta) or
+       the pooled estimate, kept inside a shrinking bracket (bisection when a step
+       leaves it).
     """
     m_c, m_b = n_c - k_c, n_b - k_b
+    if a == 1.0:
+        closed = _restricted_difference(k_c, n_c, k_b, n_b, theta)
+        if closed is not None:
+            return closed
     lo, hi = max(0.0, -theta / a), min(1.0, (1.0 - theta) / a)
     if lo > hi:
-        return -INF, 0.0
+        return -INF, 0.0, lo
     if not _slope(k_c, m_c, k_b, m_b, a, theta, lo) > 0:
-        return _finish(k_c, m_c, k_b, m_b, a, theta, lo)
+        return _finish(k_c, m_c, k_b, m_b, a, theta, lo, tied=lo > 0)
     if not _slope(k_c, m_c, k_b, m_b, a, theta, hi) < 0:
-        return _finish(k_c, m_c, k_b, m_b, a, theta, hi)
-    p = (k_b + k_c - n_c * theta) / (n_b + a * n_c)
+        return _finish(k_c, m_c, k_b, m_b, a, theta, hi, tied=hi < 1)
     width = hi - lo
+    p = start if lo < start < hi else (k_b + k_c - n_c * theta) / (n_b + a * n_c)
     if not lo < p < hi:
         p = lo + 0.5 * width
     for _ in range(60):
         q = a * p + theta
         r, s = 1.0 - q, 1.0 - p
+        if not (q > 0 and r > 0 and s > 0):  # rounding at an end of the bracket
+            p = 0.5 * (lo + hi)
+            continue
         slope = a * (k_c / q - m_c / r) + k_b / p - m_b / s
         if slope > 0:
             lo = p
@@ -185,11 +208,38 @@ def _restricted(
         nxt = p - step
         if not lo < nxt < hi:
             nxt = 0.5 * (lo + hi)
-        elif abs(step) < 1e-11 * width:
+        elif abs(step) < 1e-10 * width:
             p = nxt
             break
         p = nxt
     return _finish(k_c, m_c, k_b, m_b, a, theta, p)
+
+
+def _restricted_difference(
+    k_c: float, n_c: float, k_b: float, n_b: float, delta: float
+) -> tuple[float, float, float] | None:
+    """The same maximum for ``a = 1`` in closed form: the root of a cubic (Farrington &
+    Manning 1990; Miettinen & Nurminen 1985). None when it is not strictly inside, where
+    the general search handles the ends."""
+    r_c, r_b, ratio = k_c / n_c, k_b / n_b, n_b / n_c
+    a3 = 1 + ratio
+    b3 = -(1 + ratio + r_c + ratio * r_b + delta * (ratio + 2))
+    c3 = delta * delta + delta * (2 * r_c + ratio + 1) + r_c + ratio * r_b
+    d3 = -r_c * delta * (1 + delta)
+    v = b3**3 / (27 * a3**3) - b3 * c3 / (6 * a3 * a3) + d3 / (2 * a3)
+    u2 = b3 * b3 / (9 * a3 * a3) - c3 / (3 * a3)
+    if u2 <= 0:
+        return None
+    u = math.copysign(math.sqrt(u2), v) if v else math.sqrt(u2)
+    w = (math.pi + math.acos(max(-1.0, min(1.0, v / u**3)))) / 3
+    q = 2 * u * math.cos(w) - b3 / (3 * a3)
+    p = q - delta
+    edge = 1e-9  # a root this close to an end is an end the general search decides
+    if not (edge < p < 1 - edge and edge < q < 1 - edge):
+        return None
+    m_c, m_b = n_c - k_c, n_b - k_b
+    ll = k_c * math.log(q) + m_c * math.log(1 - q) + k_b * math.log(p) + m_b * math.log(1 - p)
+    return ll, k_c / q - m_c / (1 - q), p
 
 
 def _slope(
@@ -210,16 +260,32 @@ def _slope(
 
 
 def _finish(
-    k_c: float, m_c: float, k_b: float, m_b: float, a: float, theta: float, p: float
-) -> tuple[float, float]:
+    k_c: float,
+    m_c: float,
+    k_b: float,
+    m_b: float,
+    a: float,
+    theta: float,
+    p: float,
+    tied: bool = False,
+) -> tuple[float, float, float]:
+    """The log-likelihood at ``p``, and its derivative in theta. When the maximum sits
+    where the candidate's rate is 0 or 1, ``p`` moves with theta (``dp/dtheta = -1/a``)
+    and the derivative is the baseline's slope times ``-1/a``."""
     q = min(max(a * p + theta, 0.0), 1.0)
+    if tied:
+        ll = _xlogy(k_c, q) + _xlogy(m_c, 1 - q) + _xlogy(k_b, p) + _xlogy(m_b, 1 - p)
+        return ll, -_slope(0, 0, k_b, m_b, a, theta, p) / a, p
+    if 0 < q < 1 and 0 < p < 1:  # the common case, without the zero-count guards
+        ll = k_c * math.log(q) + m_c * math.log(1 - q) + k_b * math.log(p) + m_b * math.log(1 - p)
+        return ll, k_c / q - m_c / (1 - q), p
     d = 0.0
     if k_c:
         d += k_c / q if q > 0 else INF
     if m_c:
         d -= m_c / (1 - q) if q < 1 else INF
     ll = _xlogy(k_c, q) + _xlogy(m_c, 1 - q) + _xlogy(k_b, p) + _xlogy(m_b, 1 - p)
-    return ll, d
+    return ll, d, p
 
 
 Rates = tuple[float, float, float, float]  # (events_c, n_c, events_b, n_b) for one stage
@@ -232,11 +298,13 @@ class _Profile:
         self.a = a
         self.stages = [s for s in stages if s[1] > 0 and s[3] > 0]
         self.lo, self.hi = -a, 1.0  # theta's range: p_c = 0, p_b = 1 to p_c = 1, p_b = 0
+        self.starts = [-1.0] * len(self.stages)
 
     def at(self, theta: float) -> tuple[float, float]:
         total, slope = 0.0, 0.0
-        for k_c, n_c, k_b, n_b in self.stages:
-            ll, d = _restricted(k_c, n_c, k_b, n_b, self.a, theta)
+        for i, (k_c, n_c, k_b, n_b) in enumerate(self.stages):
+            ll, d, p = _restricted(k_c, n_c, k_b, n_b, self.a, theta, self.starts[i])
+            self.starts[i] = p  # successive thetas are close: warm-start the next one
             total += ll
             slope += d
         return total, slope
@@ -300,10 +368,63 @@ class _Profile:
                         return edge
                     edge_open = False
                 nxt = 0.5 * (inner + outer)
-            if abs(nxt - x) < 1e-10 or abs(inner - outer) < 1e-10:
-                return nxt
+            if abs(h) < 1e-9 or abs(nxt - x) < 1e-10 or abs(inner - outer) < 1e-10:
+                return nxt if abs(h) >= 1e-9 else x
             x = nxt
         return x
+
+
+class ProportionInterval(Interval):
+    """A proportion's confidence sequence. Its bounds are found (and kept) on first use;
+    comparisons with a tolerance need one likelihood evaluation: on the right of the
+    estimate, ``upper <= v`` exactly when the log-likelihood at ``v`` has dropped by at
+    least the boundary's ``drop`` (the profile is concave)."""
+
+    def __init__(
+        self, profile: _Profile, theta_hat: float, top: float, drop: float, reach: float, info
+    ) -> None:
+        fields = {"_profile": profile, "_top": top, "_drop": drop, "_reach": reach}
+        for name, value in {**fields, "_bounds": None, "estimate": theta_hat, "info": info}.items():
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> float:
+        if name in ("lower", "upper"):
+            if self._bounds is None:
+                t, p = self.estimate, self._profile
+                bounds = (
+                    p.bound(t, self._top, self._drop, t - self._reach),
+                    p.bound(t, self._top, self._drop, t + self._reach),
+                )
+                object.__setattr__(self, "_bounds", bounds)
+            return self._bounds[0] if name == "lower" else self._bounds[1]
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"ProportionInterval({self.estimate!r}, {self.lower!r}, {self.upper!r})"
+
+    def _fallen(self, value: float) -> float:
+        """How far past the boundary the log-likelihood at ``value`` has fallen."""
+        return self._top - self._profile.at(value)[0] - self._drop
+
+    def lower_above(self, value: float) -> bool:
+        if value < self._profile.lo:
+            return True
+        return value < self.estimate and self._fallen(value) > 0
+
+    def lower_at_least(self, value: float) -> bool:
+        if value <= self._profile.lo:
+            return True
+        return value <= self.estimate and self._fallen(value) >= 0
+
+    def upper_at_most(self, value: float) -> bool:
+        if value >= self._profile.hi:
+            return True
+        return value >= self.estimate and self._fallen(value) >= 0
+
+    def upper_below(self, value: float) -> bool:
+        if value > self._profile.hi:
+            return True
+        return value > self.estimate and self._fallen(value) > 0
 
 
 def diff_proportions(
@@ -328,16 +449,13 @@ def diff_proportions(
     theta_hat, top = profile.maximum()
     info = sum(effective_n(s[1], s[3], a) for s in profile.stages)
     b = mixture_boundary(info, alpha / 2, rho)
-    drop = 0.5 * b * b
-    # Starting points: a Wald interval with half an event added to each count.
+    # Starting points for the bounds: a Wald interval with half an event added to each
+    # count.
     precision = 0.0
     for k_c, n_c, k_b, n_b in profile.stages:
         r_c, r_b = (k_c + 0.5) / (n_c + 1), (k_b + 0.5) / (n_b + 1)
         precision += 1.0 / (r_c * (1 - r_c) / n_c + a * a * r_b * (1 - r_b) / n_b)
-    reach = b / math.sqrt(precision)
-    lower = profile.bound(theta_hat, top, drop, theta_hat - reach)
-    upper = profile.bound(theta_hat, top, drop, theta_hat + reach)
-    return Interval(theta_hat, lower, upper, info)
+    return ProportionInterval(profile, theta_hat, top, 0.5 * b * b, b / math.sqrt(precision), info)
 
 
 # Means ----------------------------------------------------------------------------------
