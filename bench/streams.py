@@ -160,14 +160,11 @@ class Rollout:
 
     def strata(self) -> dict[str, list[Stratum]]:
         return {
-            m: [Stratum(c.summaries[m], b.summaries[m]) for c, b in self.arms]
-            for m in self.metrics
+            m: [Stratum(c.summaries[m], b.summaries[m]) for c, b in self.arms] for m in self.metrics
         }
 
     def srm_strata(self) -> list[SrmStratum]:
-        return [
-            SrmStratum(c, b, STAGES[i], 10000 - STAGES[i]) for i, (c, b) in enumerate(self.srm)
-        ]
+        return [SrmStratum(c, b, STAGES[i], 10000 - STAGES[i]) for i, (c, b) in enumerate(self.srm)]
 
 
 @dataclass(frozen=True)
@@ -205,7 +202,7 @@ def run_prism(
             on_look(rollout, verdict)
         if verdict.halt_reason:
             return Outcome(True, False, rollout.candidate_sessions, verdict.halt_reason)
-        if rollout.stage_done() and (advance == "schedule" or verdict.all_pass):
-            if rollout.advance():
-                return Outcome(False, True, rollout.candidate_sessions, None)
+        ready = rollout.stage_done() and (advance == "schedule" or verdict.all_pass)
+        if ready and rollout.advance():
+            return Outcome(False, True, rollout.candidate_sessions, None)
     return Outcome(False, False, rollout.candidate_sessions, None)

@@ -221,7 +221,8 @@ def judge_gate(
     if n_b == 0:
         return result(INCONCLUSIVE, "the candidate reports this metric and the baseline does not")
     if gate["stat"] == "p95" and any(
-        (s.candidate.n and s.candidate.sketch is None) or (s.baseline.n and s.baseline.sketch is None)
+        (s.candidate.n and s.candidate.sketch is None)
+        or (s.baseline.n and s.baseline.sketch is None)
         for s in strata
     ):
         return result(INCONCLUSIVE, "no quantile sketch for this metric")
@@ -233,12 +234,16 @@ def judge_gate(
         failed = interval.lower_above(tolerance)
         passed = interval.upper_at_most(tolerance)
     if failed:
-        return result(FAIL, f"the whole interval is worse than the tolerance {tolerance:g}", interval)
+        return result(
+            FAIL, f"the whole interval is worse than the tolerance {tolerance:g}", interval
+        )
     if passed and min(n_c, n_b) >= min_samples:
         return result(PASS, f"the interval is within the tolerance {tolerance:g}", interval)
     if passed:
         return result(
-            INCONCLUSIVE, f"within the tolerance, but fewer than {min_samples} sessions per arm", interval
+            INCONCLUSIVE,
+            f"within the tolerance, but fewer than {min_samples} sessions per arm",
+            interval,
         )
     return result(INCONCLUSIVE, "the interval straddles the tolerance", interval)
 

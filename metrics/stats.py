@@ -177,7 +177,7 @@ def _restricted(
        leaves it).
     """
     m_c, m_b = n_c - k_c, n_b - k_b
-    if a == 1.0:
+    if a == 1.0 and k_c and m_c and k_b and m_b:  # no zero count: the maximum is inside
         closed = _restricted_difference(k_c, n_c, k_b, n_b, theta)
         if closed is not None:
             return closed
