@@ -55,9 +55,7 @@ def test_clopper_pearson_matches_a_known_value():
 
 def test_identical_arms_are_wrongly_halted_in_at_most_five_percent_of_rollouts():
     runs = 2000
-    outcomes = [
-        run_prism(seed, DEFAULT_GATES, HEALTHY, advance="schedule") for seed in range(runs)
-    ]
+    outcomes = [run_prism(seed, DEFAULT_GATES, HEALTHY, advance="schedule") for seed in range(runs)]
     halted = sum(o.halted for o in outcomes)
     assert all(o.promoted or o.halted for o in outcomes)  # every run saw all four stages
     assert halted / runs <= 0.05
