@@ -1,5 +1,5 @@
 # The verbs a newcomer needs. Every target bootstraps .venv by itself.
-.PHONY: run test lint format bench migrate shell
+.PHONY: run test lint format bench bench-detection migrate shell
 
 run:  ## Serve Prism with a demo login on http://127.0.0.1:8000 (SQLite, no servers)
 	scripts/run
@@ -15,6 +15,9 @@ format:
 
 bench:  ## Benchmarks (see bench/README.md)
 	scripts/bootstrap && scripts/with-postgres .venv/bin/python -m bench.assign $(BENCH_ARGS)
+
+bench-detection:  ## Gate statistics: how fast each judge halts a doubled error rate (pure Python)
+	scripts/bootstrap && .venv/bin/python -m bench.detection $(BENCH_ARGS)
 
 migrate:
 	scripts/bootstrap && .venv/bin/python manage.py migrate

@@ -1,9 +1,9 @@
-"""Gate specifications and their evaluation (DESIGN §7).
+"""Gate specifications: what a gate *is* (its metric, direction and tolerance).
 
-This module owns what a gate *is*: its metric, direction and tolerance. The statistics
-that turn samples into a verdict arrive with the metrics issue; until then every gate
-evaluates ``inconclusive`` (never ``pass``), so a rollout with gates cannot advance on
-missing evidence. ``evaluate`` is the one seam the rollout engine calls.
+The statistics that turn per-stage summaries into a verdict live in ``metrics.judge``
+(pure). ``evaluate`` is the engine's older seam: until the engine reads rollups and calls
+``judge``, it answers ``inconclusive`` (never ``pass``), so a rollout with gates cannot
+advance on missing evidence.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ METRICS: dict[str, Metric] = {
         Metric("cost_usd", "cost_usd", LOWER, "value"),
         Metric("hallucination_rate", "hallucination", LOWER, "rate"),
         Metric("feedback_score", "feedback", HIGHER, "value"),
+        # Derived, not reported: the share of ended sessions that were abandoned, expired
+        # or ended without an outcome. A crashing candidate reports no outcomes at all,
+        # and this is the metric that counts that against it. Its summary: n = ended
+        # sessions, total = those abandoned, expired or without an outcome.
+        Metric("abandon_rate", "abandoned", LOWER, "rate"),
     )
 }
 TOLERANCES = ("max_increase", "max_decrease", "max_relative_change")
@@ -79,6 +84,44 @@ def validate_gate(spec: Any) -> dict[str, Any]:
     if not isinstance(critical, bool):
         raise GateError({"critical": "Expected true or false."})
     return {"metric": metric.name, "critical": critical, "stat": stat, key: float(value)}
+
+
+def _defaults() -> list[dict[str, Any]]:
+    return [
+        validate_gate(spec)
+        for spec in (
+            {"metric": "error_rate", "max_increase": 0.02},
+            {"metric": "success_rate", "max_decrease": 0.02},
+            {"metric": "latency_ms", "stat": "p95", "max_relative_change": 0.2},
+            {"metric": "cost_usd", "max_relative_change": 0.2},
+            {"metric": "hallucination_rate", "max_increase": 0.01},
+            {"metric": "feedback_score", "max_decrease": 0.1},
+            {"metric": "abandon_rate", "max_increase": 0.02},
+        )
+    ]
+
+
+DEFAULT_GATES: list[dict[str, Any]] = _defaults()
+"""The gates a rollout gets when it names none: every built-in metric, all critical.
+
+| metric | stat | tolerance (how much worse the candidate may be) |
+|---|---|---|
+| ``error_rate`` | mean | +2 percentage points (``max_increase: 0.02``) |
+| ``success_rate`` | mean | -2 percentage points (``max_decrease: 0.02``) |
+| ``latency_ms`` | p95 | +20% of the baseline's p95 (``max_relative_change: 0.2``) |
+| ``cost_usd`` | mean | +20% of the baseline's mean cost (``max_relative_change: 0.2``) |
+| ``hallucination_rate`` | mean | +1 percentage point (``max_increase: 0.01``) |
+| ``feedback_score`` | mean | -0.1 on the [-1, 1] scale (``max_decrease: 0.1``) |
+| ``abandon_rate`` | mean | +2 percentage points (``max_increase: 0.02``) |
+
+All are critical: each is a regression a release manager would roll back for, and a
+metric that no arm reports is ``not_reported``, which never blocks, so an agent that does
+not report cost or feedback loses nothing by these defaults. The price of seven critical
+gates is that each gets a seventh of the error budget, which slows detection only
+logarithmically (a doubled error rate is still halted within a few hundred candidate
+sessions). Copy the list to change a tolerance or to make a gate advisory
+(``critical: false``).
+"""
 
 
 def validate_gates(specs: Any) -> list[dict[str, Any]]:
