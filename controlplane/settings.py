@@ -269,6 +269,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "rollouts.tasks.evaluate_rollouts",
         "schedule": float(PRISM_BEAT_SECONDS),
     },
+    "record-fleet-snapshots": {
+        "task": "rollouts.tasks.record_fleet_snapshots",
+        "schedule": float(PRISM_BEAT_SECONDS),
+    },
 }
 
 # Production hardening; `manage.py check --deploy` passes with DEBUG off.
