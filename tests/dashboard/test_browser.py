@@ -339,3 +339,51 @@ def test_the_rollout_and_diff_pages_draw_their_data_and_pass_axe(live_server, sc
         assert drawn["traces"][0]["y"] == ["inconclusive"] * len(reports)
     assert seen["timeline"] == halted.events.count() == 4
     assert seen["verdict"].startswith("Rainbow required")
+
+
+def test_actions_work_from_the_keyboard_and_focus_survives_the_live_refresh(live_server, scene):
+    base = live_server.url
+    rollout = scene["rollout"]
+    pause, resume = f"#action-pause-{rollout.pk}", f"#action-resume-{rollout.pk}"
+
+    def scenario(page: Page) -> dict:
+        seen: dict[str, Any] = {}
+        log_in(page, base, f"/rollouts/{rollout.pk}/", scene["user"].username)
+        page.focus(pause)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("dialog#confirm-dialog[open]", timeout=WAIT_MS)
+        seen["focus_in_dialog"] = page.evaluate("document.activeElement.id")
+        page.keyboard.type("pausing from the keyboard")
+        page.keyboard.press("Tab")
+        seen["focus_next"] = page.evaluate("document.activeElement.id")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#toasts .toast-success", timeout=WAIT_MS)
+        page.wait_for_selector(resume, timeout=WAIT_MS)
+
+        # Escape closes a confirm step without acting.
+        page.focus(resume)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("dialog#confirm-dialog[open]", timeout=WAIT_MS)
+        page.keyboard.press("Escape")
+        page.wait_for_selector("dialog#confirm-dialog", state="detached", timeout=WAIT_MS)
+
+        # The progress partial is replaced every 2 s; the focused button stays focused.
+        page.focus(resume)
+        page.evaluate(
+            """() => { window.__swaps = 0;
+                document.body.addEventListener('htmx:afterSettle', e => {
+                    if (e.detail.target.id === 'progress') window.__swaps += 1; }); }"""
+        )
+        page.wait_for_function("window.__swaps >= 2", timeout=WAIT_MS)
+        seen["focus_after_refresh"] = page.evaluate("document.activeElement.id")
+        return seen
+
+    seen = in_browser(scenario)
+
+    assert seen["focus_in_dialog"] == "confirm-reason"
+    assert seen["focus_next"] == "confirm-submit"
+    assert seen["focus_after_refresh"] == resume.removeprefix("#")
+    rollout.refresh_from_db()
+    assert rollout.state == "paused"
+    entry = AuditEntry.objects.get(action="rollout.pause")
+    assert (entry.actor, entry.reason) == (scene["user"].username, "pausing from the keyboard")
