@@ -30,6 +30,11 @@ DEFAULT_WINDOW = "6h"
 _FONT = {"family": "system-ui, sans-serif", "size": 12, "color": "#1b1f24"}
 
 
+def plot_text(text: str) -> str:
+    """Plotly reads a little HTML in names and labels; version labels are user data."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def chart_time(at: datetime) -> str:
     """Plotly reads dates without a zone; every chart is in UTC and says so."""
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -92,7 +97,7 @@ def rainbow_figure(agent: Agent, window: str, now: datetime | None = None) -> di
     xs = [chart_time(at) for at, _ in rows]
     data = []
     for vid in ids:
-        name = version_name(versions, vid)
+        name = plot_text(version_name(versions, vid))
         tint = colour(ordinal.get(vid, vid))
         data.append(
             {
@@ -145,7 +150,7 @@ def rainbow_figure(agent: Agent, window: str, now: datetime | None = None) -> di
                 "y": 1,
                 "xref": "x",
                 "yref": "paper",
-                "text": marker.label,
+                "text": plot_text(marker.label),
                 "showarrow": False,
                 "textangle": -90,
                 "xanchor": "right",

@@ -75,3 +75,12 @@ def test_gate_results_with_numbers_get_their_interval_and_tolerance(agent, make_
     assert chart["numeric"] is True
     samples = charts.samples_figure(reports)
     assert [t["y"] for t in samples["data"]] == [[10, 20, 30], [40, 80, 120], [100, 100, 100]]
+
+
+def test_version_labels_reach_plotly_escaped(agent, make_version):
+    version = make_version(agent, '<a href="x">v1</a>')
+    FleetSnapshot.objects.create(
+        agent=agent, at=NOW - timedelta(minutes=1), live={str(version.pk): 1}
+    )
+    figure = charts.rainbow_figure(agent, "1h", now=NOW)
+    assert figure["data"][0]["name"] == '&lt;a href="x"&gt;v1&lt;/a&gt;'
