@@ -205,6 +205,34 @@ def evaluations(rollout: Rollout) -> list[dict[str, Any]]:
     return sorted(found, key=lambda report: str(report.get("at", "")))
 
 
+def evaluation_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations as table rows: when, at which stage, the decision, the sample
+    counts and each gate's verdict."""
+    rows = []
+    for report in reports:
+        counts = report.get("min_sessions") or {}
+        percent = report.get("percent")
+        rows.append(
+            {
+                "at": _report_time(report),
+                "percent": f"{percent:g}%" if isinstance(percent, int | float) else "",
+                "verdict": str(report.get("verdict", "")),
+                "reason": str(report.get("reason", "")),
+                "candidate": counts.get("candidate", "—"),
+                "baseline": counts.get("baseline", "—"),
+                "gates": [
+                    (
+                        result.get("metric", "?")
+                        + (f" ({result['stat']})" if result.get("stat", "mean") != "mean" else ""),
+                        result.get("verdict", ""),
+                    )
+                    for result in report.get("gates", [])
+                ],
+            }
+        )
+    return rows
+
+
 def _report_time(report: dict[str, Any]) -> str:
     try:
         return chart_time(datetime.fromisoformat(str(report.get("at"))))

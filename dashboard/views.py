@@ -54,7 +54,8 @@ def page(
     polling, and the partial itself is rendered without its polling trigger.
     """
     context = {"can_act": can_act(request.user), **context}
-    if request.htmx and not request.htmx.boosted:
+    # A history restore (back button after hx-push-url) wants the whole page back.
+    if request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request:
         name = partials.get(request.htmx.target or "", default)
         html = render_to_string(f"{template}#{name}", context, request)
         if stop_polling:
@@ -161,6 +162,7 @@ def rollout_page(request: HttpRequest, pk: int) -> HttpResponse:
         "summary": summary,
         "timeline": services.timeline(rollout),
         "reports": reports,
+        "evaluation_rows": charts.evaluation_rows(reports),
         "samples_figure": charts.samples_figure(reports),
         "gate_charts": charts.gate_figures(rollout, reports),
         "live": summary.is_open,

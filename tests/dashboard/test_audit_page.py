@@ -95,3 +95,11 @@ def test_the_entries_partial_is_not_a_whole_page(viewer_browser, trail):
 @pytest.mark.parametrize("query", [{"page": "0"}, {"page": "two"}, {"action": "x" * 65}])
 def test_bad_filters_are_a_400(viewer_browser, trail, query):
     assert viewer_browser.get(AUDIT, query).status_code == 400
+
+
+def test_going_back_after_a_filter_gets_the_whole_page(viewer_browser, trail):
+    # htmx asks for the whole page when its history cache misses.
+    response = viewer_browser.get(
+        AUDIT, {"actor": "bob"}, **htmx(HTTP_HX_HISTORY_RESTORE_REQUEST="true")
+    )
+    assert "<html" in response.content.decode()

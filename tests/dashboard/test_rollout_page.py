@@ -73,6 +73,9 @@ def test_it_charts_every_gate_over_the_evaluations_kept(viewer_browser, halted_t
         assert figure["data"][0]["name"] == "verdict"
         assert figure["data"][0]["y"] == ["inconclusive", "inconclusive"]
     assert 'id="gate-history"' in html
+    # The same evaluations as a table.
+    assert html.count("<tr data-evaluation>") == 2
+    assert 'error_rate: <span class="verdict verdict-inconclusive">inconclusive</span>' in html
     assert "2 evaluations kept for this rollout" in html
 
 
