@@ -151,6 +151,7 @@ INSTALLED_APPS = [
     "versions",
     "metrics",
     "rollouts",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -195,7 +196,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "dashboard:login"
+LOGIN_REDIRECT_URL = "dashboard:home"
+LOGOUT_REDIRECT_URL = "dashboard:login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -267,6 +270,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "evaluate-rollouts": {
         "task": "rollouts.tasks.evaluate_rollouts",
+        "schedule": float(PRISM_BEAT_SECONDS),
+    },
+    "record-fleet-snapshots": {
+        "task": "rollouts.tasks.record_fleet_snapshots",
         "schedule": float(PRISM_BEAT_SECONDS),
     },
 }

@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
 from controlplane.schema import DocsView
@@ -23,6 +22,5 @@ api = [
 urlpatterns = [
     path("api/", include(api)),
     path("admin/", admin.site.urls),
-    # The htmx dashboard will live at "/"; until then the admin is the way in.
-    path("", RedirectView.as_view(url="/admin/", permanent=False), name="home"),
+    path("", include("dashboard.urls")),
 ]

@@ -170,3 +170,28 @@ class RolloutEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} of rollout {self.rollout_id}"
+
+
+class FleetSnapshot(models.Model):
+    """Live sessions per version of one agent at one beat tick: the rainbow chart's
+    read model. ``step_s`` is the resolution the row stands for once downsampled: 0 for
+    a raw tick, then the bucket width it was kept as the representative of."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
+    at = models.DateTimeField()
+    live = models.JSONField(default=dict, help_text='{"<version id>": live sessions}')
+    step_s = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["at"]
+        constraints = [
+            # One row per agent per tick: a retried or overlapping beat writes nothing new.
+            models.UniqueConstraint(fields=["agent", "at"], name="fleet_snapshot_one_per_tick"),
+        ]
+        indexes = [
+            # The downsampler's scan: rows of one resolution older than a cutoff.
+            models.Index(fields=["step_s", "at"], name="fleet_snapshot_step_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"fleet of {self.agent_id} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 
-from rollouts import drain, engine
+from rollouts import drain, engine, snapshots
 from versions.models import Agent
 
 log = logging.getLogger(__name__)
@@ -29,3 +29,10 @@ def enforce_drain_policies() -> dict[str, dict]:
 def evaluate_rollouts() -> dict[str, int]:
     """Advance, halt or roll back running rollouts whose stage verdict is in."""
     return engine.evaluate_open_rollouts()
+
+
+@shared_task(ignore_result=True)
+def record_fleet_snapshots() -> dict[str, int]:
+    """This tick's live sessions per version of every agent, then a bounded step of
+    thinning old snapshots."""
+    return {"agents": snapshots.record(), "deleted": snapshots.downsample()}
