@@ -433,7 +433,7 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
         verdict = "rollback" if rollout.auto_rollback else "halt"
         reason = f"critical gate failed: {', '.join(failed)}"
     elif duration_ok and samples_ok and not not_passed:
-        verdict, reason = "advance", "stage conditions met and every critical gate passes"
+        verdict, reason = "advance", f"stage conditions met; {_gates_summary(results)}"
     elif stage["max_duration_s"] is not None and elapsed > stage["max_duration_s"]:
         verdict = "halt"
         reason = (
@@ -451,6 +451,16 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
         verdict, reason = "hold", "waiting for " + ", ".join(waiting)
     report["verdict"], report["reason"] = verdict, reason
     return Evaluation(verdict, reason, report)
+
+
+def _gates_summary(results: list[dict[str, Any]]) -> str:
+    """What the gates said when none blocks: a pass with nothing to check is not a pass."""
+    if not results:
+        return "no gates configured"
+    critical = sum(1 for r in results if r["critical"])
+    if not critical:
+        return f"no critical gates configured ({len(results)} non-critical, not blocking)"
+    return f"all {critical} critical gates pass"
 
 
 def _locked_rollout(rollout_id: int) -> tuple[Routing, Rollout]:
