@@ -389,14 +389,14 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
     1. A critical gate that fails halts the rollout (or rolls it back with
        ``auto_rollback``).
     2. A stage past its ``max_duration_s`` without passing halts as inconclusive.
-    3. The stage advances when its minimum duration has elapsed, both arms have
-       ``min_sessions`` ended sessions started since the rollout began, and every
-       critical gate passes.
+    3. The stage advances when its minimum duration of running time (pauses left
+       out) has elapsed, both arms have ``min_sessions`` ended sessions started since
+       the rollout began, and every critical gate passes.
     4. Otherwise it holds.
     """
     now = now or timezone.now()
     stage = rollout.stages[rollout.stage]
-    elapsed = (now - rollout.stage_started_at).total_seconds()
+    elapsed = rollout.stage_running_s(now)
     counts = outcomes.ended_counts([rollout.candidate_id, rollout.baseline_id], rollout.started_at)
     results = gates_mod.evaluate(
         rollout.gates,
@@ -474,15 +474,22 @@ def _advance(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any
     next_stage = rollout.stage + 1
     if next_stage >= len(rollout.stages) or rollout.stages[next_stage]["percent"] == 100:
         rollout.stage = min(next_stage, len(rollout.stages) - 1)
-        rollout.stage_started_at = now
-        rollout.save(update_fields=["stage", "stage_started_at"])
+        _restart_stage_clock(rollout, now)
+        rollout.save(update_fields=["stage", *STAGE_CLOCK])
         return _promote(routing, rollout, now)
     change = _set_weights(routing, _stage_weights(rollout, next_stage), now)
     rollout.stage = next_stage
-    rollout.stage_started_at = now
+    _restart_stage_clock(rollout, now)
     rollout.state = RolloutState.RUNNING
-    rollout.save(update_fields=["stage", "stage_started_at", "state"])
+    rollout.save(update_fields=["stage", "state", *STAGE_CLOCK])
     return change
+
+
+STAGE_CLOCK = ("stage_started_at", "paused_at", "stage_paused_s")
+
+
+def _restart_stage_clock(rollout: Rollout, now: datetime) -> None:
+    rollout.stage_started_at, rollout.paused_at, rollout.stage_paused_s = now, None, 0.0
 
 
 def _rollback(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
@@ -538,15 +545,21 @@ def transition(
         evaluation = None
         if action == "pause":
             rollout.state = RolloutState.PAUSED
-            rollout.save(update_fields=["state"])
+            rollout.paused_at = now
+            rollout.save(update_fields=["state", "paused_at"])
             change = None
         elif action == "resume":
             change = None
             if rollout.state == RolloutState.HALTED:
+                # A halted stage starts over: its samples and its clock.
                 change = _set_weights(routing, _stage_weights(rollout, rollout.stage), now)
-                rollout.stage_started_at = now
+                _restart_stage_clock(rollout, now)
+            elif rollout.paused_at is not None:
+                pause = max((now - rollout.paused_at).total_seconds(), 0.0)
+                rollout.stage_paused_s += pause
+                rollout.paused_at = None
             rollout.state = RolloutState.RUNNING
-            rollout.save(update_fields=["state", "stage_started_at"])
+            rollout.save(update_fields=["state", *STAGE_CLOCK])
         elif action == "advance":
             change = _advance(routing, rollout, now)
             reason = reason or "manual override"
@@ -690,7 +703,11 @@ def evaluate_open_rollouts(now: datetime | None = None) -> dict[str, int]:
 
 
 def stage_deadline(rollout: Rollout) -> datetime | None:
+    """When the current stage runs out of ``max_duration_s``: none without a limit, and
+    none while paused, since the stage clock stands still."""
     stage = rollout.stages[rollout.stage]
-    if stage["max_duration_s"] is None:
+    if stage["max_duration_s"] is None or rollout.paused_at is not None:
         return None
-    return rollout.stage_started_at + timedelta(seconds=stage["max_duration_s"])
+    return rollout.stage_started_at + timedelta(
+        seconds=stage["max_duration_s"] + rollout.stage_paused_s
+    )

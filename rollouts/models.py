@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -120,6 +122,12 @@ class Rollout(models.Model):
     stage = models.PositiveSmallIntegerField(default=0, help_text="Index into stages")
     started_at = models.DateTimeField()
     stage_started_at = models.DateTimeField()
+    # The stage clock stops while the rollout is paused: min_duration_s and
+    # max_duration_s count running time only.
+    paused_at = models.DateTimeField(null=True, blank=True, help_text="Start of the pause")
+    stage_paused_s = models.FloatField(
+        default=0.0, help_text="Seconds the current stage spent paused, past pauses only"
+    )
     ended_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -149,6 +157,13 @@ class Rollout(models.Model):
     @property
     def percent(self) -> float:
         return self.stages[self.stage]["percent"]
+
+    def stage_running_s(self, now: datetime) -> float:
+        """Seconds the current stage has been running at ``now``, pauses left out."""
+        paused = self.stage_paused_s
+        if self.paused_at is not None:
+            paused += max((now - self.paused_at).total_seconds(), 0.0)
+        return (now - self.stage_started_at).total_seconds() - paused
 
 
 class RolloutEvent(models.Model):

@@ -158,7 +158,6 @@ def after(rollout, seconds: float):
     return rollout.started_at + timedelta(seconds=seconds)
 
 
-@pytest.mark.xfail(strict=True, reason="paused time counts on the stage clock")
 def test_time_spent_paused_does_not_count_towards_min_duration(agent, v1, v2):
     rollout = start_rollout(
         agent, v2, stages=[{"percent": 5, "min_duration_s": 3600, "min_sessions": 0}, 50, 100]
@@ -182,7 +181,6 @@ def test_time_spent_paused_does_not_count_towards_min_duration(agent, v1, v2):
     assert result.last_evaluation["min_duration"]["elapsed_s"] == pytest.approx(1)
 
 
-@pytest.mark.xfail(strict=True, reason="paused time counts on the stage clock")
 def test_time_spent_paused_does_not_count_towards_max_duration(agent, v1, v2):
     stages = [
         {"percent": 5, "min_duration_s": 0, "min_sessions": 1000, "max_duration_s": 900},
@@ -204,7 +202,6 @@ def test_time_spent_paused_does_not_count_towards_max_duration(agent, v1, v2):
     assert result.last_evaluation["reason"].startswith("inconclusive")
 
 
-@pytest.mark.xfail(strict=True, reason="paused time counts on the stage clock")
 def test_paused_time_counts_again_from_zero_after_a_second_pause(agent, v1, v2):
     rollout = start_rollout(
         agent, v2, stages=[{"percent": 5, "min_duration_s": 1000, "min_sessions": 0}, 100]
