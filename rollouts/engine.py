@@ -390,14 +390,19 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
        ``auto_rollback``).
     2. A stage past its ``max_duration_s`` without passing halts as inconclusive.
     3. The stage advances when its minimum duration of running time (pauses left
-       out) has elapsed, both arms have ``min_sessions`` ended sessions started since
-       the rollout began, and every critical gate passes.
+       out) has elapsed, both arms have ``min_sessions`` ended sessions with an outcome
+       that started during this stage, and every critical gate passes over the whole
+       rollout.
     4. Otherwise it holds.
     """
     now = now or timezone.now()
     stage = rollout.stages[rollout.stage]
     elapsed = rollout.stage_running_s(now)
-    counts = outcomes.ended_counts([rollout.candidate_id, rollout.baseline_id], rollout.started_at)
+    # Samples are per stage: each stage routes at other weights, and its arms are
+    # compared at those. Gates look at the whole rollout (below).
+    counts = outcomes.ended_counts(
+        [rollout.candidate_id, rollout.baseline_id], rollout.stage_started_at
+    )
     results = gates_mod.evaluate(
         rollout.gates,
         candidate_id=rollout.candidate_id,
