@@ -17,6 +17,7 @@ pytestmark = pytest.mark.django_db
 
 SLUG = "research"
 SESSIONS = f"/api/agents/{SLUG}/sessions/"
+QUICK = {"min_duration_s": 0, "min_sessions": 0}
 
 
 def routing(agent) -> Routing:
@@ -490,12 +491,86 @@ def test_promotion_makes_the_candidate_stable_and_the_old_stable_drain(harness, 
     assert old.live_at_drain_start == 2
 
 
-def test_a_rollback_of_a_promoted_rollout_is_refused(agent, v1, v2):
-    rollout = start_rollout(agent, v2, stages=[100])
+ROLLBACK_WINS = "rollback loses to promotion"
+
+
+@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
+@pytest.mark.parametrize("promoted_by", ["cutover", "advance", "beat"])
+def test_a_promoted_rollout_can_be_rolled_back_while_its_candidate_is_the_stable(
+    harness, agent, v1, v2, actor, promoted_by
+):
+    stages = [100] if promoted_by == "cutover" else [{"percent": 50, **QUICK}, 100]
+    rollout = start_rollout(agent, v2, stages=stages)
+    if promoted_by == "advance":
+        engine.transition(rollout.pk, "advance", actor="someone")
+    elif promoted_by == "beat":
+        engine.evaluate_open_rollouts()
+    rollout.refresh_from_db()
     assert rollout.state == "promoted"
+    on_v2 = open_sessions(harness, agent, v2.pk, 1, "c")
+    audit_before = AuditEntry.objects.count()
+
+    after = engine.transition(rollout.pk, "rollback", actor=actor, reason="worse answers")
+
+    assert after.state == "rolled_back"
+    assert weights(agent) == {v1.pk: 10000}
+    assert Agent.objects.get(pk=agent.pk).stable_id == v1.pk
+    # The candidate drains; the bad stable is no rollback target any more.
+    assert Lifecycle.objects.get(pk=v2.pk).drain_started_at is not None
+    assert Lifecycle.objects.get(pk=v1.pk).drain_started_at is None
+    assert routing(agent).stable_history == [v1.pk]
+    assert AuditEntry.objects.count() == audit_before + 1
+    entry = AuditEntry.objects.get(action="rollout.rollback")
+    assert (entry.actor, entry.reason) == (actor.username, "worse answers")
+    assert (entry.before["state"], entry.after["state"]) == ("promoted", "rolled_back")
+    assert after.events.last().action == "rollback"
+    assert sessions.heartbeat(SLUG, on_v2[0]).directive == "continue"  # no evacuate
+    with pytest.raises(engine.TransitionError):
+        engine.transition(rollout.pk, "rollback", actor=actor)
+
+
+@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
+def test_a_promoted_rollout_is_no_longer_rolled_back_once_a_newer_one_started(
+    agent, v1, v2, make_version
+):
+    first = start_rollout(agent, v2, stages=[100])
+    second = start_rollout(agent, make_version(agent, "v3"))
+    with pytest.raises(engine.TransitionError, match="newer rollout"):
+        engine.transition(first.pk, "rollback", actor="tester")
+    # Rolled back itself, the newer one still leaves its candidate the stable: too late.
+    engine.transition(second.pk, "rollback", actor="tester")
+    with pytest.raises(engine.TransitionError, match="newer rollout"):
+        engine.transition(first.pk, "rollback", actor="tester")
+    assert weights(agent) == {v2.pk: 10000}
+
+
+def test_a_promoted_rollout_is_no_longer_rolled_back_once_the_stable_moved(
+    agent, v1, v2, make_version
+):
+    rollout = start_rollout(agent, v2, stages=[100])
+    v3 = make_version(agent, "v3")
+    engine.set_stable(agent, v3, actor="tester")
     with pytest.raises(engine.TransitionError):
         engine.transition(rollout.pk, "rollback", actor="tester")
-    assert weights(agent) == {v2.pk: 10000}
+    assert weights(agent) == {v3.pk: 10000}
+
+
+@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
+def test_every_routing_change_records_its_epoch_actor_kind_and_rollout(agent, v1, v2, actor):
+    from rollouts.models import RoutingChange  # moved to the top with the fix
+
+    rollout = start_rollout(agent, v2, stages=[{"percent": 50, **QUICK}, 60, 100], actor=actor)
+    engine.evaluate_open_rollouts()
+    engine.transition(rollout.pk, "rollback", actor=actor)
+    changes = list(RoutingChange.objects.filter(agent=agent).order_by("epoch"))
+    assert [(c.epoch, c.system, c.rollout_id, c.action) for c in changes] == [
+        (1, False, None, "agent.stable_set"),
+        (2, False, rollout.pk, "rollout.started"),
+        (3, True, rollout.pk, "rollout.auto_advance"),
+        (4, False, rollout.pk, "rollout.rollback"),
+    ]
+    assert [c.actor for c in changes] == ["test", actor.username, "system", actor.username]
+    assert changes[-1].epoch == routing(agent).epoch
 
 
 def test_a_rollback_with_evacuate_tells_the_candidates_sessions_to_drain(harness, agent, v1, v2):

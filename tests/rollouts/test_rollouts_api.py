@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from rollouts import engine
 from rollouts.models import Rollout, RolloutEvent, Routing
 from rollouts.routing import Table, bucket
 from versions.models import Agent, AuditEntry
@@ -613,6 +614,79 @@ def test_a_stale_epoch_also_guards_the_rollback_of_an_open_rollout(release_manag
 
 def weights_epoch(client) -> int:
     return client.get(ROUTING).json()["epoch"]
+
+
+ROLLBACK_WINS = "rollback loses to promotion"
+QUICK_THEN_100 = [{"percent": 50, "min_duration_s": 0, "min_sessions": 0}, {"percent": 100}]
+
+
+def promoted_by_the_beat(client, candidate) -> tuple[int, int]:
+    """A rollout the beat promotes right after a person looked at it: the rollout's id
+    and the routing epoch the person saw."""
+    rollout_id = start(client, candidate, stages=QUICK_THEN_100).json()["id"]
+    seen = weights_epoch(client)
+    assert engine.evaluate_open_rollouts()["changed"] == 1
+    assert rollout_state(client, rollout_id)["state"] == "promoted"
+    return rollout_id, seen
+
+
+@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
+def test_a_rollback_clicked_after_the_beat_promoted_still_rolls_back(release_manager, v1, v2):
+    rollout_id, _ = promoted_by_the_beat(release_manager, v2)
+
+    response = act(release_manager, rollout_id, "rollback", reason="saw errors at 50%")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["state"] == "rolled_back"
+    assert body["events"][-1]["actor"] == release_manager.user.username
+    assert weights(release_manager) == {v1.pk: 10000}
+    assert release_manager.get(ROUTING).json()["stable"] == v1.pk
+    assert fleet_row(release_manager, v2.pk)["weight"] == 0
+    entry = AuditEntry.objects.get(action="rollout.rollback")
+    assert (entry.reason, entry.before["state"]) == ("saw errors at 50%", "promoted")
+
+
+@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
+def test_an_agent_rollback_with_the_epoch_seen_before_a_promotion_rolls_it_back(
+    release_manager, harness, v1, v2
+):
+    rollout_id, seen = promoted_by_the_beat(release_manager, v2)
+    on_v2 = sessions_on(harness, v2.pk, 1, "c")[0]
+
+    first = post(release_manager, AGENT_ROLLBACK, {"epoch": seen, "evacuate": True})
+    second = post(release_manager, AGENT_ROLLBACK, {"epoch": seen})
+
+    assert first.status_code == 200, first.content
+    assert (first.json()["stable"], first.json()["weights"]) == (v1.pk, {str(v1.pk): 10000})
+    assert rollout_state(release_manager, rollout_id)["state"] == "rolled_back"
+    assert heartbeat(harness, on_v2) == "drain"
+    # The person's own rollback moved the routing: a second click is refused.
+    assert second.status_code == 409
+    assert weights(release_manager) == {v1.pk: 10000}
+    assert AuditEntry.objects.filter(action__endswith=".rollback").count() == 1
+
+
+def test_an_agent_rollback_with_an_epoch_older_than_a_persons_change_is_refused(
+    release_manager, v1, v2
+):
+    rollout_id = start(release_manager, v2, stages=QUICK_THEN_100).json()["id"]
+    seen = weights_epoch(release_manager)
+    act(release_manager, rollout_id, "advance", reason="a colleague promoted it")
+
+    response = post(release_manager, AGENT_ROLLBACK, {"epoch": seen})
+
+    assert response.status_code == 409
+    assert f"since epoch {seen}" in response.json()["detail"]
+    assert rollout_state(release_manager, rollout_id)["state"] == "promoted"
+    assert weights(release_manager) == {v2.pk: 10000}
+
+
+def test_an_agent_rollback_with_an_epoch_from_the_future_is_refused(release_manager, v1, v2):
+    start(release_manager, v2)
+    epoch = weights_epoch(release_manager)
+    assert post(release_manager, AGENT_ROLLBACK, {"epoch": epoch + 5}).status_code == 409
+    assert weights(release_manager) == {v1.pk: 9500, v2.pk: 500}
 
 
 def test_a_bad_gate_among_several_is_reported_at_its_index(release_manager, v1, v2):
