@@ -27,6 +27,7 @@ from rollouts.models import (
     RolloutEvent,
     RolloutState,
     Routing,
+    RoutingChange,
     Session,
     SessionState,
 )
@@ -171,11 +172,61 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
     return {"before": before, "after": {"epoch": routing.epoch, "weights": routing.weights}}
 
 
-def _set_stable(routing: Routing, version_id: int) -> None:
+def _set_stable(routing: Routing, version_id: int, *, drop: int | None = None) -> None:
+    """Make ``version_id`` the stable, last in the history. ``drop`` leaves the history
+    altogether: a stable that was rolled back is no target for the next rollback."""
     Agent.objects.filter(pk=routing.agent_id).update(stable_id=version_id)
-    history = [vid for vid in routing.stable_history if vid != version_id]
+    history = [vid for vid in routing.stable_history if vid not in (version_id, drop)]
     routing.stable_history = [*history, version_id][-50:]
     routing.save(update_fields=["stable_history", "updated_at"])
+
+
+def _actor_name(actor: Any) -> str:
+    return actor.get_username() if getattr(actor, "is_authenticated", False) else str(actor)
+
+
+def _is_system(actor: Any) -> bool:
+    return isinstance(actor, str) and actor == SYSTEM
+
+
+def _log_change(
+    routing: Routing,
+    change: dict[str, Any] | None,
+    *,
+    actor: Any,
+    action: str,
+    now: datetime,
+    rollout: Rollout | None = None,
+) -> None:
+    """Note who moved the routing to its new epoch, beside the audit entry."""
+    if change is None:
+        return
+    RoutingChange.objects.create(
+        agent_id=routing.agent_id,
+        epoch=change["after"]["epoch"],
+        at=now,
+        actor=_actor_name(actor)[:150],
+        system=_is_system(actor),
+        rollout=rollout,
+        stage=rollout.stage if rollout is not None else None,
+        action=action,
+    )
+
+
+def _only_the_beat_moved(agent_id: int, rollout: Rollout, *, since_epoch: int, epoch: int) -> bool:
+    """Whether every routing change after ``since_epoch`` up to ``epoch`` was the beat
+    moving ``rollout``: then what a person saw at ``since_epoch`` still describes the
+    choice they made. Missing log rows (history from before the log) count against."""
+    if since_epoch >= epoch:
+        return False
+    changes = list(
+        RoutingChange.objects.filter(
+            agent_id=agent_id, epoch__gt=since_epoch, epoch__lte=epoch
+        ).values_list("system", "rollout_id")
+    )
+    return len(changes) == epoch - since_epoch and all(
+        system and rollout_id == rollout.pk for system, rollout_id in changes
+    )
 
 
 def _evacuate(version_id: int, agent: Agent, now: datetime, actor: Any, reason: str) -> int:
@@ -208,8 +259,10 @@ def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") 
                 f"Rollout {open_rollout.pk} is {open_rollout.state}; finish or roll it back "
                 "before setting the stable directly."
             )
-        change = _set_weights(routing, {version.pk: FULL}, timezone.now())
+        now = timezone.now()
+        change = _set_weights(routing, {version.pk: FULL}, now)
         _set_stable(routing, version.pk)
+        _log_change(routing, change, actor=actor, action="agent.stable_set", now=now)
         record(
             "agent.stable_set",
             agent,
@@ -235,10 +288,9 @@ def _event(
     reason: str = "",
     evaluation: dict | None = None,
 ) -> RolloutEvent:
-    name = actor.get_username() if getattr(actor, "is_authenticated", False) else str(actor)
     return RolloutEvent.objects.create(
         rollout=rollout,
-        actor=name,
+        actor=_actor_name(actor),
         action=action,
         from_state=from_state,
         to_state=rollout.state,
@@ -357,6 +409,9 @@ def start_rollout(
         else:
             change = _set_weights(routing, _stage_weights(rollout, 0), now)
         _event(rollout, actor=actor, action="start", from_state="", from_stage=None, reason=reason)
+        _log_change(
+            routing, change, actor=actor, action="rollout.started", now=now, rollout=rollout
+        )
         record(
             "rollout.started",
             rollout,
@@ -499,10 +554,37 @@ def _restart_stage_clock(rollout: Rollout, now: datetime) -> None:
 
 def _rollback(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
     change = _set_weights(routing, {rollout.baseline_id: FULL}, now)
-    if rollout.agent.stable_id != rollout.baseline_id:
+    if rollout.state == RolloutState.PROMOTED:
+        # The candidate was the stable: the baseline is again, and the candidate is no
+        # longer a stable to return to.
+        _set_stable(routing, rollout.baseline_id, drop=rollout.candidate_id)
+    elif rollout.agent.stable_id != rollout.baseline_id:
         _set_stable(routing, rollout.baseline_id)
     _close(rollout, RolloutState.ROLLED_BACK, now)
     return change
+
+
+def _why_not_rolled_back(rollout: Rollout) -> str | None:
+    """Why a closed rollout can no longer be rolled back, or None if it can.
+
+    A promoted rollout still can while its candidate is the stable and no newer rollout
+    has started: rolling it back then is the same one routing write as before the
+    promotion, so a rollback decided just before the beat promoted still goes ahead.
+    """
+    if rollout.state in OPEN_STATES:
+        return None
+    if rollout.state != RolloutState.PROMOTED:
+        return f"Cannot rollback a rollout that is {rollout.state}."
+    if Rollout.objects.filter(agent_id=rollout.agent_id, pk__gt=rollout.pk).exists():
+        return (
+            "A newer rollout has started since this one was promoted; roll back the agent "
+            "or the newer rollout instead."
+        )
+    if Agent.objects.filter(pk=rollout.agent_id).values_list("stable_id", flat=True).get() != (
+        rollout.candidate_id
+    ):
+        return "The stable has moved on since this rollout was promoted."
+    return None
 
 
 def _halt(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
@@ -516,7 +598,8 @@ ALLOWED = {
     "pause": {RolloutState.RUNNING},
     "resume": {RolloutState.PAUSED, RolloutState.HALTED},
     "advance": set(OPEN_STATES),
-    "rollback": set(OPEN_STATES),
+    # Rollback always wins: also a promoted rollout, within _why_not_rolled_back's rules.
+    "rollback": {*OPEN_STATES, RolloutState.PROMOTED},
     "evaluate": {RolloutState.RUNNING},
 }
 
@@ -544,6 +627,8 @@ def transition(
         routing, rollout = _locked_rollout(rollout_id)
         if rollout.state not in ALLOWED[action]:
             raise TransitionError(f"Cannot {action} a rollout that is {rollout.state}.")
+        if action == "rollback" and (refusal := _why_not_rolled_back(rollout)):
+            raise TransitionError(refusal)
         if expect_stage is not None and rollout.stage != expect_stage:
             raise TransitionError("The rollout moved on while it was being evaluated.")
         from_state, from_stage = rollout.state, rollout.stage
@@ -599,6 +684,9 @@ def transition(
             reason=reason,
             evaluation=evaluation,
         )
+        _log_change(
+            routing, change, actor=actor, action=f"rollout.{action}", now=now, rollout=rollout
+        )
         record(
             f"rollout.{action}",
             rollout,
@@ -639,46 +727,63 @@ def rollback_agent(
     evacuate: bool = False,
     expect_epoch: int | None = None,
 ) -> Routing:
-    """One-click rollback: roll back the open rollout, or else return to the previous
-    stable. Either way it is one routing write, visible to the next assignment.
+    """One-click rollback: roll back the agent's latest rollout while that is still
+    possible (open, or promoted with its candidate still the stable), or else return to
+    the previous stable. Either way it is one routing write, visible to the next
+    assignment.
 
-    ``expect_epoch`` is the routing epoch the caller looked at. When given, the rollback
-    applies only to that routing, so a double click or a retried request does not roll
-    back a second step.
+    ``expect_epoch`` is the routing epoch the caller looked at, so a double click or a
+    retried request does not roll back a second step:
+    1. at the current epoch, the rollback goes ahead;
+    2. at an older one, it goes ahead only if every change since was the beat moving
+       the rollout being rolled back (rollback wins over an automatic advance or
+       promotion the person did not see);
+    3. otherwise it is refused.
     """
     with transaction.atomic():
         routing = _lock_routing(agent)
-        if expect_epoch is not None and routing.epoch != expect_epoch:
+        agent = Agent.objects.get(pk=agent.pk)
+        latest = Rollout.objects.filter(agent=agent).order_by("-id").first()
+        target = latest if latest is not None and not _why_not_rolled_back(latest) else None
+        if (
+            expect_epoch is not None
+            and routing.epoch != expect_epoch
+            and not (
+                target is not None
+                and _only_the_beat_moved(
+                    agent.pk, target, since_epoch=expect_epoch, epoch=routing.epoch
+                )
+            )
+        ):
             raise TransitionError(
                 f"Routing changed since epoch {expect_epoch} (now {routing.epoch}); "
                 "look again before rolling back."
             )
-        open_rollout = Rollout.objects.filter(agent=agent, state__in=OPEN_STATES).first()
-        if open_rollout is not None:
-            transition(open_rollout.pk, "rollback", actor=actor, reason=reason, evacuate=evacuate)
+        if target is not None:
+            transition(target.pk, "rollback", actor=actor, reason=reason, evacuate=evacuate)
             routing.refresh_from_db()
             return routing
-        agent = Agent.objects.get(pk=agent.pk)
         current = agent.stable_id
         previous = [vid for vid in routing.stable_history if vid != current]
         if current is None or not previous:
             raise TransitionError("There is no previous stable version to roll back to.")
-        target = previous[-1]
+        target_id = previous[-1]
         now = timezone.now()
-        change = _set_weights(routing, {target: FULL}, now)
-        Agent.objects.filter(pk=agent.pk).update(stable_id=target)
+        change = _set_weights(routing, {target_id: FULL}, now)
+        Agent.objects.filter(pk=agent.pk).update(stable_id=target_id)
         # Pop the rolled-back stable so a second rollback goes one further back.
         routing.stable_history = [vid for vid in routing.stable_history if vid != current]
         routing.save(update_fields=["stable_history", "updated_at"])
         if evacuate:
             _evacuate(current, agent, now, actor, reason or "evacuated by agent rollback")
+        _log_change(routing, change, actor=actor, action="agent.rollback", now=now)
         record(
             "agent.rollback",
             agent,
             actor=actor,
             reason=reason,
             before={**change["before"], "stable": current},
-            after={**change["after"], "stable": target},
+            after={**change["after"], "stable": target_id},
         )
     return routing
 

@@ -166,6 +166,37 @@ class Rollout(models.Model):
         return (now - self.stage_started_at).total_seconds() - paused
 
 
+class RoutingChange(models.Model):
+    """Who moved an agent's routing to an epoch, and for which rollout.
+
+    One row per epoch, written in the routing change's own transaction. A rollback that
+    names the epoch a person looked at reads these under the routing lock: if every
+    change since was the beat moving the same rollout, the person's decision still
+    stands and the rollback goes ahead (rollback always wins); otherwise it is refused.
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    epoch = models.PositiveBigIntegerField()
+    at = models.DateTimeField()
+    actor = models.CharField(max_length=150)
+    system = models.BooleanField(help_text="Moved by the beat, not by a person or a tool")
+    rollout = models.ForeignKey(
+        "Rollout", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    stage = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The rollout's stage after the change"
+    )
+    action = models.CharField(max_length=40)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "epoch"], name="routing_change_one_per_epoch"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} of {self.agent_id} to epoch {self.epoch}"
+
+
 class RolloutEvent(models.Model):
     """A rollout's timeline: every transition with its actor, reason and evidence."""
 

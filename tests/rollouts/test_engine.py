@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from rollouts import engine, sessions
-from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing
+from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, RoutingChange
 from rollouts.routing import Table, bucket
 from tests.rollouts.conftest import start_rollout, weights
 from versions.models import Agent, AuditEntry
@@ -491,10 +491,6 @@ def test_promotion_makes_the_candidate_stable_and_the_old_stable_drain(harness, 
     assert old.live_at_drain_start == 2
 
 
-ROLLBACK_WINS = "rollback loses to promotion"
-
-
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
 @pytest.mark.parametrize("promoted_by", ["cutover", "advance", "beat"])
 def test_a_promoted_rollout_can_be_rolled_back_while_its_candidate_is_the_stable(
     harness, agent, v1, v2, actor, promoted_by
@@ -529,7 +525,6 @@ def test_a_promoted_rollout_can_be_rolled_back_while_its_candidate_is_the_stable
         engine.transition(rollout.pk, "rollback", actor=actor)
 
 
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
 def test_a_promoted_rollout_is_no_longer_rolled_back_once_a_newer_one_started(
     agent, v1, v2, make_version
 ):
@@ -555,10 +550,7 @@ def test_a_promoted_rollout_is_no_longer_rolled_back_once_the_stable_moved(
     assert weights(agent) == {v3.pk: 10000}
 
 
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
 def test_every_routing_change_records_its_epoch_actor_kind_and_rollout(agent, v1, v2, actor):
-    from rollouts.models import RoutingChange  # moved to the top with the fix
-
     rollout = start_rollout(agent, v2, stages=[{"percent": 50, **QUICK}, 60, 100], actor=actor)
     engine.evaluate_open_rollouts()
     engine.transition(rollout.pk, "rollback", actor=actor)

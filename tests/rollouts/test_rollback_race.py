@@ -149,7 +149,6 @@ def race_promotion_against(rollback: Callable[[Rollout, int], Any], world) -> Co
     return orders
 
 
-@pytest.mark.xfail(strict=True, reason="rollback loses to promotion")
 def test_a_rollout_rollback_racing_its_promotion_always_wins(world):
     orders = race_promotion_against(
         lambda rollout, _seen: engine.transition(rollout.pk, "rollback", actor="pager"), world
@@ -157,7 +156,6 @@ def test_a_rollout_rollback_racing_its_promotion_always_wins(world):
     assert set(orders) == {"promotion first", "rollback first"}, orders
 
 
-@pytest.mark.xfail(strict=True, reason="rollback loses to promotion")
 def test_an_agent_rollback_with_the_epoch_seen_racing_a_promotion_always_wins(world):
     agent = world[0]
     orders = race_promotion_against(

@@ -188,7 +188,8 @@ ALLOWED = {
     "running": {"pause", "advance", "rollback", "evaluate"},
     "paused": {"resume", "advance", "rollback"},
     "halted": {"resume", "advance", "rollback"},
-    "promoted": set(),
+    # Rollback always wins: while the candidate is still the stable.
+    "promoted": {"rollback"},
     "rolled_back": set(),
     "superseded": set(),
 }
@@ -579,9 +580,16 @@ def test_agent_rollback_without_a_rollout_goes_back_one_stable_at_a_time(
     assert third.status_code == 409
     assert "detail" in third.json()
     assert weights(release_manager) == {v1.pk: 10000}
-    entry = AuditEntry.objects.filter(action="agent.rollback").order_by("id").first()
-    assert (entry.actor, entry.reason) == (release_manager.user.username, "v3 is bad")
-    assert (entry.before["stable"], entry.after["stable"]) == (v3.pk, v2.pk)
+    # The first rollback undid v3's cutover, still the latest rollout; v2's cutover
+    # was no longer the latest, so the second went back to the previous stable.
+    entries = AuditEntry.objects.filter(action__endswith=".rollback").order_by("id")
+    assert [(e.action, e.actor, e.reason) for e in entries] == [
+        ("rollout.rollback", release_manager.user.username, "v3 is bad"),
+        ("agent.rollback", release_manager.user.username, ""),
+    ]
+    assert (entries[1].before["stable"], entries[1].after["stable"]) == (v2.pk, v1.pk)
+    states = dict(Rollout.objects.values_list("candidate_id", "state"))
+    assert states == {v2.pk: "promoted", v3.pk: "rolled_back"}
 
 
 def test_a_double_clicked_rollback_with_the_epoch_rolls_back_one_step_only(
@@ -598,7 +606,7 @@ def test_a_double_clicked_rollback_with_the_epoch_rolls_back_one_step_only(
     assert second.status_code == 409
     assert f"since epoch {seen}" in second.json()["detail"]
     assert weights(release_manager) == {v2.pk: 10000}
-    assert AuditEntry.objects.filter(action="agent.rollback").count() == 1
+    assert AuditEntry.objects.filter(action__endswith=".rollback").count() == 1
 
 
 def test_a_stale_epoch_also_guards_the_rollback_of_an_open_rollout(release_manager, v1, v2):
@@ -616,7 +624,6 @@ def weights_epoch(client) -> int:
     return client.get(ROUTING).json()["epoch"]
 
 
-ROLLBACK_WINS = "rollback loses to promotion"
 QUICK_THEN_100 = [{"percent": 50, "min_duration_s": 0, "min_sessions": 0}, {"percent": 100}]
 
 
@@ -630,7 +637,6 @@ def promoted_by_the_beat(client, candidate) -> tuple[int, int]:
     return rollout_id, seen
 
 
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
 def test_a_rollback_clicked_after_the_beat_promoted_still_rolls_back(release_manager, v1, v2):
     rollout_id, _ = promoted_by_the_beat(release_manager, v2)
 
@@ -647,7 +653,6 @@ def test_a_rollback_clicked_after_the_beat_promoted_still_rolls_back(release_man
     assert (entry.reason, entry.before["state"]) == ("saw errors at 50%", "promoted")
 
 
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_WINS)
 def test_an_agent_rollback_with_the_epoch_seen_before_a_promotion_rolls_it_back(
     release_manager, harness, v1, v2
 ):
