@@ -288,6 +288,89 @@ def test_pause_keeps_weights_and_stops_evaluation(release_manager, v1, v2):
     assert act(release_manager, rollout["id"], "evaluate").json()["state"] == "promoted"
 
 
+STAGE_GUARD = "actions ignore the stage the caller saw"
+THREE_STAGES = [{"percent": 10, "min_duration_s": 0, "min_sessions": 0}, 50, 100]
+
+
+@pytest.mark.xfail(strict=True, reason=STAGE_GUARD)
+def test_advance_with_the_stage_seen_moves_one_stage_only(release_manager, v1, v2):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    first = act(release_manager, rollout["id"], "advance", stage=0)
+    second = act(release_manager, rollout["id"], "advance", stage=0)  # the double click
+
+    assert first.status_code == 200, first.content
+    assert first.json()["stage"] == 1
+    assert second.status_code == 409
+    assert "stage" in second.json()["detail"]
+    assert rollout_state(release_manager, rollout["id"])["stage"] == 1
+    assert weights(release_manager) == {v1.pk: 5000, v2.pk: 5000}
+    assert AuditEntry.objects.filter(action="rollout.advance").count() == 1
+
+
+@pytest.mark.xfail(strict=True, reason=STAGE_GUARD)
+@pytest.mark.parametrize("action", ["pause", "resume", "evaluate", "advance"])
+def test_an_action_with_a_stage_the_rollout_has_left_is_a_409(release_manager, v1, v2, action):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    assert engine.evaluate_open_rollouts()["changed"] == 1  # the beat: stage 0 -> 1
+    if action == "resume":
+        act(release_manager, rollout["id"], "pause")
+    before = rollout_state(release_manager, rollout["id"])
+    audit_before = AuditEntry.objects.count()
+
+    response = act(release_manager, rollout["id"], action, stage=0)
+
+    assert response.status_code == 409, response.content
+    assert "stage" in response.json()["detail"]
+    after = rollout_state(release_manager, rollout["id"])
+    assert (after["state"], after["stage"]) == (before["state"], before["stage"])
+    assert AuditEntry.objects.count() == audit_before
+    # At the stage it is at, the same action is fine.
+    assert act(release_manager, rollout["id"], action, stage=1).status_code == 200
+
+
+def test_a_rollback_with_a_stage_only_the_beat_moved_on_from_still_rolls_back(
+    release_manager, v1, v2
+):
+    stages = [
+        {"percent": 10, "min_duration_s": 0, "min_sessions": 0},
+        {"percent": 50, "min_duration_s": 0, "min_sessions": 0},
+        100,
+    ]
+    rollout = start(release_manager, v2, stages=stages).json()
+    engine.evaluate_open_rollouts()
+    engine.evaluate_open_rollouts()
+    assert rollout_state(release_manager, rollout["id"])["state"] == "promoted"
+
+    response = act(release_manager, rollout["id"], "rollback", stage=0, reason="bad at 10%")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "rolled_back"
+    assert weights(release_manager) == {v1.pk: 10000}
+
+
+@pytest.mark.xfail(strict=True, reason=STAGE_GUARD)
+def test_a_rollback_with_a_stage_a_person_moved_on_from_is_a_409(release_manager, v1, v2):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    engine.evaluate_open_rollouts()  # the beat: 0 -> 1
+    act(release_manager, rollout["id"], "advance", reason="a colleague")  # a person: 1 -> 2
+
+    response = act(release_manager, rollout["id"], "rollback", stage=0)
+
+    assert response.status_code == 409
+    assert rollout_state(release_manager, rollout["id"])["state"] == "promoted"
+    assert act(release_manager, rollout["id"], "rollback", stage=2).status_code == 200
+
+
+@pytest.mark.xfail(strict=True, reason=STAGE_GUARD)
+@pytest.mark.parametrize("stage", [-1, "one", 1.5, True])
+def test_a_bad_stage_is_a_400(release_manager, v1, v2, stage):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    response = act(release_manager, rollout["id"], "advance", stage=stage)
+    assert response.status_code == 400, response.content
+    assert "stage" in response.json()
+    assert rollout_state(release_manager, rollout["id"])["stage"] == 0
+
+
 def test_advance_is_a_human_override_audited_with_actor_and_reason(release_manager, v1, v2):
     gates = [{"metric": "error_rate", "max_increase": 0.01}]
     rollout = start(release_manager, v2, gates=gates).json()  # nothing would pass yet
