@@ -268,16 +268,30 @@ class RolloutDetail(APIView):
         return _rollout_response(pk)
 
 
+class RolloutActionSerializer(ReasonSerializer):
+    stage = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=0,
+        help_text="The stage you looked at; the action is refused (409) if the rollout is "
+        "no longer at it. A rollback still applies if only the beat moved it on since.",
+    )
+
+
 class RolloutAction(APIView):
     action_name = ""
 
-    @extend_schema(request=ReasonSerializer, responses=RolloutSerializer)
+    @extend_schema(request=RolloutActionSerializer, responses=RolloutSerializer)
     def post(self, request: Request, pk: int) -> Response:
         get_object_or_404(Rollout, pk=pk)
-        body = ReasonSerializer(data=request.data)
+        body = RolloutActionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
         try:
-            engine.transition(pk, self.action_name, actor=request.user, **body.validated_data)
+            engine.transition(
+                pk, self.action_name, actor=request.user, expect_stage=data.pop("stage"), **data
+            )
         except engine.TransitionError as exc:
             raise Conflict(str(exc)) from None
         return _rollout_response(pk)

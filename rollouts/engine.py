@@ -564,6 +564,19 @@ def _rollback(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, An
     return change
 
 
+def _only_the_beat_moved_past(rollout: Rollout, stage: int) -> bool:
+    """Whether the rollout left ``stage`` for later ones only through the beat: every
+    stage change is a routing change, and the log says who made each."""
+    if stage >= rollout.stage:
+        return False
+    movers = set(
+        RoutingChange.objects.filter(rollout=rollout, stage__gt=stage).values_list(
+            "system", flat=True
+        )
+    )
+    return movers == {True}
+
+
 def _why_not_rolled_back(rollout: Rollout) -> str | None:
     """Why a closed rollout can no longer be rolled back, or None if it can.
 
@@ -616,9 +629,11 @@ def transition(
 ) -> Rollout:
     """Apply a human (or beat) action to a rollout, atomically and audited.
 
-    ``expect_stage`` makes the action conditional on the stage the caller evaluated,
-    so an automatic advance computed before a concurrent change is dropped. ``now`` is
-    the time the action (and an evaluation) applies at; the wall clock by default.
+    ``expect_stage`` makes the action conditional on the stage the caller saw (or the
+    beat evaluated), so an action decided before a concurrent change is dropped. A
+    rollback is the exception: it still applies if only the beat moved the rollout on
+    since, because rollback always wins. ``now`` is the time the action (and an
+    evaluation) applies at; the wall clock by default.
     """
     if action not in ALLOWED:
         raise ValueError(f"unknown action {action!r}")
@@ -629,8 +644,15 @@ def transition(
             raise TransitionError(f"Cannot {action} a rollout that is {rollout.state}.")
         if action == "rollback" and (refusal := _why_not_rolled_back(rollout)):
             raise TransitionError(refusal)
-        if expect_stage is not None and rollout.stage != expect_stage:
-            raise TransitionError("The rollout moved on while it was being evaluated.")
+        if (
+            expect_stage is not None
+            and rollout.stage != expect_stage
+            and not (action == "rollback" and _only_the_beat_moved_past(rollout, expect_stage))
+        ):
+            raise TransitionError(
+                f"The rollout is at stage {rollout.stage} now, not stage {expect_stage}; "
+                "look again."
+            )
         from_state, from_stage = rollout.state, rollout.stage
         evaluation = None
         if action == "pause":
