@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from metrics import gates as gates_mod
 from metrics import outcomes
-from rollouts.drain import live_counts
+from rollouts.drain import apply_live_version_cap, force_version, live_counts
 from rollouts.models import (
     FULL,
     OPEN_STATES,
@@ -28,8 +28,6 @@ from rollouts.models import (
     RolloutState,
     Routing,
     RoutingChange,
-    Session,
-    SessionState,
 )
 from rollouts.routing import validate_weights
 from versions.audit import SYSTEM, record
@@ -134,6 +132,8 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
        they had live at that moment (the denominator of drain progress).
     2. Versions gaining weight become active again: clear their drain marks.
     3. The epoch increments, so every cache keyed on it misses at the next read.
+    4. The live-version cap applies now: a version that gets weight is live from this
+       moment, so the first pin on it (on the hot path) needs no check of its own.
     """
     weights = {vid: w for vid, w in weights.items() if w > 0}
     validate_weights(weights)
@@ -163,12 +163,14 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
                 drained_at=None,
                 forced_drain_at=None,
                 forced_drain_reason="",
+                forced_terminate=False,
                 first_routed_at=lifecycle.first_routed_at or now,
             )
     before = {"epoch": routing.epoch, "weights": routing.weights}
     routing.weights = {str(vid): w for vid, w in sorted(weights.items())}
     routing.epoch += 1
     routing.save(update_fields=["weights", "epoch", "updated_at"])
+    apply_live_version_cap(routing, now)
     return {"before": before, "after": {"epoch": routing.epoch, "weights": routing.weights}}
 
 
@@ -230,21 +232,12 @@ def _only_the_beat_moved(agent_id: int, rollout: Rollout, *, since_epoch: int, e
 
 
 def _evacuate(version_id: int, agent: Agent, now: datetime, actor: Any, reason: str) -> int:
-    """Tell every live session of a version to drain (then terminate after the grace)."""
-    count = Session.objects.filter(
-        version_id=version_id, state=SessionState.LIVE, drain_at__isnull=True
-    ).update(drain_at=now)
-    Lifecycle.objects.filter(pk=version_id).update(forced_drain_at=now, forced_drain_reason=reason)
-    version = Version.objects.get(pk=version_id)
-    record(
-        "version.evacuated",
-        version,
-        actor=actor,
-        agent=agent,
-        reason=reason,
-        after={"sessions_told_to_drain": count},
+    """Tell every live session of a version to drain (then terminate after the grace),
+    including sessions pinned from a routing table read before this change."""
+    told = force_version(
+        version_id, agent, now, actor=actor, reason=reason, action="version.evacuated"
     )
-    return count
+    return told or 0
 
 
 def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") -> Routing:

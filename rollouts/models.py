@@ -45,8 +45,14 @@ class Lifecycle(models.Model):
     drain_started_at = models.DateTimeField(null=True)
     live_at_drain_start = models.PositiveIntegerField(null=True)
     drained_at = models.DateTimeField(null=True)
+    # The version-level force-drain mark. Every live session of the version gets
+    # ``drain`` (or ``terminate``) at its next heartbeat, however and whenever it was
+    # pinned: the heartbeat reads this mark, so applying it costs no count per heartbeat.
     forced_drain_at = models.DateTimeField(null=True)
     forced_drain_reason = models.TextField(blank=True, default="")
+    forced_terminate = models.BooleanField(
+        default=False, help_text="Forced sessions are terminated, not asked to drain"
+    )
 
     def __str__(self) -> str:
         return f"lifecycle of {self.version_id}"
