@@ -283,6 +283,69 @@ def on_agent_saved(sender: Any, instance: Agent, created: bool = False, **kwargs
     )
 
 
+class DrainRefused(Exception):
+    """A forced drain the version's state does not allow (answered with 409)."""
+
+
+@dataclass(frozen=True)
+class ManualDrain:
+    lifecycle: Lifecycle
+    live_sessions: int
+    sessions_told_to_drain: int
+
+
+def force_drain(
+    version: Version, *, actor: Any, reason: str, terminate: bool = False
+) -> ManualDrain:
+    """Force-drain a version by hand: every live session of it gets ``drain`` at its
+    next heartbeat, or with ``terminate`` is told to terminate and marked expired.
+
+    1. Lock the agent's routing row, so the version's weight cannot change meanwhile.
+    2. Refuse a version that has weight (it would keep getting new sessions: roll back
+       first), one with no live sessions (drained, or it never ran), and one that is
+       force-drained already (a drain may still be escalated to terminate).
+    3. Set the version's mark and tell its sessions, audited with actor and reason.
+    """
+    reason = reason.strip() if isinstance(reason, str) else ""
+    if not reason:
+        raise ValueError("A reason is required to force a drain.")
+    now = timezone.now()
+    with transaction.atomic():
+        routing = Routing.objects.select_for_update().filter(agent_id=version.agent_id).first()
+        weight = routing.weight_of(version.pk) if routing is not None else 0
+        if weight > 0:
+            raise DrainRefused(
+                f"Version {version.pk} has weight {weight} and still receives new sessions; "
+                "roll back or move its traffic before draining it."
+            )
+        live = live_counts([version.pk]).get(version.pk, 0)
+        if not live:
+            raise DrainRefused(f"Version {version.pk} has no live sessions: it is drained.")
+        agent = Agent.objects.get(pk=version.agent_id)
+        lifecycle, _ = Lifecycle.objects.get_or_create(
+            version_id=version.pk,
+            defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live},
+        )
+        told = None
+        if lifecycle.forced_drain_at is None or (terminate and not lifecycle.forced_terminate):
+            told = force_version(
+                version.pk,
+                agent,
+                now,
+                actor=actor,
+                reason=reason,
+                action="version.force_drained",
+                terminate=terminate,
+            )
+        if told is None:
+            mode = "terminated" if lifecycle.forced_terminate else "drained"
+            raise DrainRefused(
+                f"Version {version.pk} is already force-{mode}: {lifecycle.forced_drain_reason}"
+            )
+        lifecycle.refresh_from_db()
+    return ManualDrain(lifecycle, live, told)
+
+
 def sweep_drained(agent: Agent, now: datetime) -> list[int]:
     pending = Lifecycle.objects.filter(
         agent=agent, drain_started_at__isnull=False, drained_at__isnull=True

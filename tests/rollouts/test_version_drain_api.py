@@ -10,7 +10,6 @@ from rollouts.models import Lifecycle, Session
 from versions.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
-NOT_YET = "no way to force-drain a version by hand"
 
 START = "/api/agents/{slug}/sessions/"
 BEAT = "/api/agents/{slug}/sessions/{sid}/heartbeat/"
@@ -45,7 +44,6 @@ def draining(agent, make_version, harness, actor):
     return v1, v2
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_it_tells_every_live_session_of_the_version_to_drain(
     release_manager, harness, agent, draining
 ):
@@ -73,7 +71,6 @@ def test_it_tells_every_live_session_of_the_version_to_drain(
     assert (row["drain"]["forced"], row["drain"]["forced_reason"]) == (True, "leaks tokens")
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_with_terminate_sessions_are_terminated_and_expired(
     release_manager, harness, agent, draining
 ):
@@ -93,7 +90,6 @@ def test_with_terminate_sessions_are_terminated_and_expired(
     assert AuditEntry.objects.filter(action="session.expired").count() == 1
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_a_drain_can_be_escalated_to_terminate_once(release_manager, agent, draining):
     v1, _ = draining
     assert release_manager.post(drain_url(v1), {"reason": "r1"}, format="json").status_code == 200
@@ -111,7 +107,6 @@ def test_a_drain_can_be_escalated_to_terminate_once(release_manager, agent, drai
     assert AuditEntry.objects.filter(action="version.force_drained").count() == 2
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_a_version_with_weight_is_refused(release_manager, agent, draining):
     _, v2 = draining
     response = release_manager.post(drain_url(v2), {"reason": "nope"}, format="json")
@@ -121,7 +116,6 @@ def test_a_version_with_weight_is_refused(release_manager, agent, draining):
     assert not AuditEntry.objects.filter(action="version.force_drained").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_a_drained_version_is_refused(release_manager, harness, agent, draining):
     v1, _ = draining
     for sid in ("a", "b"):
@@ -132,7 +126,6 @@ def test_a_drained_version_is_refused(release_manager, harness, agent, draining)
     assert Lifecycle.objects.get(pk=v1.pk).forced_drain_at is None
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_a_version_that_never_ran_is_refused(release_manager, agent, make_version, draining):
     response = release_manager.post(
         drain_url(make_version(agent, "v3")), {"reason": "x"}, format="json"
@@ -140,7 +133,6 @@ def test_a_version_that_never_ran_is_refused(release_manager, agent, make_versio
     assert response.status_code == 409
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 @pytest.mark.parametrize(
     "body",
     [{}, {"reason": ""}, {"reason": "   "}, {"reason": "x", "terminate": "yes"}, {"reason": 5}],
@@ -153,7 +145,6 @@ def test_bad_input_is_a_400_naming_the_field(release_manager, agent, draining, b
     assert Lifecycle.objects.get(pk=v1.pk).forced_drain_at is None
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 @pytest.mark.parametrize(
     ("role", "status"),
     [("viewer", 403), ("harness", 403), ("outsider", 403), ("anonymous", 401)],
@@ -174,11 +165,11 @@ def test_an_unknown_version_is_a_404(release_manager):
     )
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_the_service_function_is_the_same_action(harness, agent, draining, actor):
     v1, _ = draining
-    lifecycle = drain.force_drain(v1, actor=actor, reason="from the dashboard")
-    assert lifecycle.forced_drain_reason == "from the dashboard"
+    result = drain.force_drain(v1, actor=actor, reason="from the dashboard")
+    assert result.lifecycle.forced_drain_reason == "from the dashboard"
+    assert (result.live_sessions, result.sessions_told_to_drain) == (2, 2)
     assert beat(harness, agent, "a") == "drain"
     with pytest.raises(drain.DrainRefused):
         drain.force_drain(v1, actor=actor, reason="twice")
