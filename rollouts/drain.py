@@ -11,7 +11,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from rollouts.models import Lifecycle, Routing, Session, SessionState
-from rollouts.survival import drain_eta, kaplan_meier, policy_drain_bound
+from rollouts.survival import SurvivalCurve, drain_eta, kaplan_meier, policy_drain_bound
 from versions.audit import SYSTEM, record
 from versions.models import Agent, Version
 
@@ -378,16 +378,25 @@ class FleetVersion:
     drain: dict[str, Any] | None
 
 
-def survival_curve(agent: Agent, now: datetime):
+def survival_curve(
+    agent: Agent, now: datetime, also_live: dict[int, datetime] | None = None
+) -> SurvivalCurve:
     """Kaplan-Meier over the agent's recent sessions: ended ones are events, live ones
-    are censored at their current age."""
+    are censored at their current age.
+
+    Only the ``SURVIVAL_SAMPLE`` most recently started sessions are read. ``also_live``
+    (``{session pk: started_at}``) adds live sessions from before the sample, censored:
+    the long sessions a draining version waits for are the oldest ones, and left out
+    they would read as if nothing ever lasted that long.
+    """
     rows = (
         Session.objects.filter(agent=agent)
         .order_by("-started_at")
-        .values_list("state", "started_at", "ended_at", "last_seen_at")[:SURVIVAL_SAMPLE]
+        .values_list("pk", "state", "started_at", "ended_at", "last_seen_at")[:SURVIVAL_SAMPLE]
     )
-    durations, observed = [], []
-    for state, started_at, ended_at, last_seen_at in rows:
+    durations, observed, seen = [], [], set()
+    for pk, state, started_at, ended_at, last_seen_at in rows:
+        seen.add(pk)
         if state == SessionState.LIVE:
             durations.append(max((now - started_at).total_seconds(), 0.0))
             observed.append(False)
@@ -395,6 +404,10 @@ def survival_curve(agent: Agent, now: datetime):
             end = last_seen_at if state == SessionState.ABANDONED else (ended_at or last_seen_at)
             durations.append(max((end - started_at).total_seconds(), 0.0))
             observed.append(True)
+    for pk, started_at in (also_live or {}).items():
+        if pk not in seen:
+            durations.append(max((now - started_at).total_seconds(), 0.0))
+            observed.append(False)
     return kaplan_meier(durations, observed)
 
 
@@ -407,8 +420,9 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     The number of queries does not depend on the number of versions or sessions:
     1. the routing row, the session counts per version, and the versions with their
        lifecycles;
-    2. with any version draining, the agent's survival curve and the ages of every
-       live session on a draining version, in one query each.
+    2. with any version draining, the ages of every live session on a draining
+       version, and the agent's survival curve over its recent sessions plus those,
+       in one query each.
     """
     now = now or timezone.now()
     routing = Routing.objects.filter(agent=agent).first()
@@ -448,11 +462,13 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     ages: dict[int, list[float]] = {pk: [] for pk in draining}
     curve = None
     if draining:
-        curve = survival_curve(agent, now)
-        for version_id, started_at in Session.objects.filter(
+        waited_for: dict[int, datetime] = {}
+        for pk, version_id, started_at in Session.objects.filter(
             version_id__in=draining, state=SessionState.LIVE
-        ).values_list("version_id", "started_at"):
+        ).values_list("pk", "version_id", "started_at"):
             ages[version_id].append(max((now - started_at).total_seconds(), 0.0))
+            waited_for[pk] = started_at
+        curve = survival_curve(agent, now, also_live=waited_for)
 
     result = []
     for version, lifecycle, live, state in rows:
