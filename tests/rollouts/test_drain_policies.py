@@ -16,9 +16,10 @@ from django.utils import timezone
 from rollouts import drain, engine, sessions
 from rollouts.models import FULL, Lifecycle, Routing, Session
 from rollouts.routing import Table, bucket
+from tests.concurrency import race
 from tests.rollouts.conftest import set_weights
 from versions import services
-from versions.models import AuditEntry, Version
+from versions.models import Agent, AuditEntry, Version
 
 START = "/api/agents/{slug}/sessions/"
 BEAT = "/api/agents/{slug}/sessions/{sid}/heartbeat/"
@@ -412,6 +413,39 @@ def test_a_session_pinned_from_the_table_before_an_evacuating_rollback_drains(
     age(late, drain_at=31)
     assert beat(harness, policy_agent, late) == "terminate"
     assert state(late) == "expired"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_force_drain_is_decided_and_audited_once_under_concurrency(
+    policy_agent, make_version, harness, actor
+):
+    """Two beat passes and a manual drain race for one version: the conditional update
+    lets exactly one mark it, and only that one is audited."""
+    v1, _, _ = three_live_versions(policy_agent, make_version, harness, actor)
+    # Lowered behind the app's back (no save signal), so nothing has applied it yet.
+    Agent.objects.filter(pk=policy_agent.pk).update(max_live_versions=2)
+    policy_agent.refresh_from_db()
+    version = Version.objects.get(pk=v1.pk)
+    assert Lifecycle.objects.get(pk=v1.pk).forced_drain_at is None
+
+    def attempt(index: int):
+        if index < 2:
+            return drain.enforce_max_live_versions(policy_agent, timezone.now())
+        try:
+            return drain.force_drain(version, actor=actor, reason="by hand")
+        except drain.DrainRefused as exc:
+            return exc
+
+    results = race(3, attempt)
+
+    entries = audits("version.force_drained", object_id=str(v1.pk))
+    assert len(entries) == 1
+    winners = [r for r in results[:2] if r == [v1.pk]]
+    manual_won = isinstance(results[2], drain.ManualDrain)
+    assert len(winners) + manual_won == 1, results
+    assert entries[0].actor == (actor.username if manual_won else "system")
+    assert beat(harness, policy_agent, "on-v1") == "drain"
 
 
 def test_it_evacuates_on_agent_rollback(policy_agent, make_version, harness, actor):
