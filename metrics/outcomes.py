@@ -82,14 +82,22 @@ def record_feedback(
 
 
 def ended_counts(version_ids: list[int], since: datetime) -> dict[int, int]:
-    """Ended sessions per version among those started at or after ``since``: the
-    comparison window of a rollout."""
-    rows = Outcome.objects.filter(version_id__in=version_ids).aggregate(
-        **{
-            str(vid): Count(
-                "id", filter=Q(version_id=vid, started_at__gte=since, ended_at__isnull=False)
-            )
-            for vid in version_ids
-        }
+    """Samples per version: ended sessions with an outcome (at least one metric field
+    reported, late feedback included) among those started at or after ``since``.
+
+    A session that ended without reporting anything tells no metric anything, so it is
+    not a sample (the abandon rate counts it instead)."""
+    reported = Q()
+    for field in OUTCOME_FIELDS:
+        reported |= Q(**{f"{field}__isnull": False})
+    rows = (
+        Outcome.objects.filter(
+            reported, version_id__in=version_ids, started_at__gte=since, ended_at__isnull=False
+        )
+        .values_list("version_id")
+        .annotate(n=Count("*"))
+        .order_by()
     )
-    return {int(k): v for k, v in rows.items()}
+    counts = dict.fromkeys(version_ids, 0)
+    counts.update(dict(rows))
+    return counts

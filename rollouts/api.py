@@ -268,16 +268,30 @@ class RolloutDetail(APIView):
         return _rollout_response(pk)
 
 
+class RolloutActionSerializer(ReasonSerializer):
+    stage = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=0,
+        help_text="The stage you looked at; the action is refused (409) if the rollout is "
+        "no longer at it. A rollback still applies if only the beat moved it on since.",
+    )
+
+
 class RolloutAction(APIView):
     action_name = ""
 
-    @extend_schema(request=ReasonSerializer, responses=RolloutSerializer)
+    @extend_schema(request=RolloutActionSerializer, responses=RolloutSerializer)
     def post(self, request: Request, pk: int) -> Response:
         get_object_or_404(Rollout, pk=pk)
-        body = ReasonSerializer(data=request.data)
+        body = RolloutActionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
         try:
-            engine.transition(pk, self.action_name, actor=request.user, **body.validated_data)
+            engine.transition(
+                pk, self.action_name, actor=request.user, expect_stage=data.pop("stage"), **data
+            )
         except engine.TransitionError as exc:
             raise Conflict(str(exc)) from None
         return _rollout_response(pk)
@@ -285,6 +299,78 @@ class RolloutAction(APIView):
 
 def rollout_action(name: str) -> type[RolloutAction]:
     return type(f"Rollout{name.title()}", (RolloutAction,), {"action_name": name})
+
+
+# --- forced drains ---------------------------------------------------------------------
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false only: "yes" or 1 for a switch that terminates sessions is a bug."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class VersionDrainSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=2000, help_text="Why: recorded in the audit trail and shown on the board."
+    )
+    terminate = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Tell sessions to terminate (and mark them expired) instead of draining.",
+    )
+
+    def validate_reason(self, value: str) -> str:
+        if not isinstance(self.initial_data.get("reason"), str):
+            raise ValidationError("A text reason is required.")
+        return value
+
+
+class VersionDrainView(APIView):
+    @extend_schema(
+        request=VersionDrainSerializer,
+        responses=inline_serializer(
+            "VersionDrain",
+            {
+                "version": serializers.IntegerField(),
+                "forced": serializers.BooleanField(),
+                "forced_at": serializers.DateTimeField(),
+                "reason": serializers.CharField(),
+                "terminate": serializers.BooleanField(),
+                "live_sessions": serializers.IntegerField(),
+                "sessions_told_to_drain": serializers.IntegerField(),
+            },
+        ),
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        version = get_object_or_404(Version, pk=pk)
+        data = request.data if isinstance(request.data, dict) else {}
+        body = VersionDrainSerializer(data=data)
+        body.is_valid(raise_exception=True)
+        try:
+            result = drain.force_drain(
+                version,
+                actor=request.user,
+                reason=body.validated_data["reason"],
+                terminate=body.validated_data["terminate"],
+            )
+        except drain.DrainRefused as exc:
+            raise Conflict(str(exc)) from None
+        lifecycle = result.lifecycle
+        return Response(
+            {
+                "version": version.pk,
+                "forced": True,
+                "forced_at": lifecycle.forced_drain_at,
+                "reason": lifecycle.forced_drain_reason,
+                "terminate": lifecycle.forced_terminate,
+                "live_sessions": result.live_sessions,
+                "sessions_told_to_drain": result.sessions_told_to_drain,
+            }
+        )
 
 
 # --- sessions ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from rollouts.models import Lifecycle, Routing, Session, SessionState
-from rollouts.survival import drain_eta, kaplan_meier, policy_drain_bound
+from rollouts.survival import SurvivalCurve, drain_eta, kaplan_meier, policy_drain_bound
 from versions.audit import SYSTEM, record
 from versions.models import Agent, Version
 
@@ -36,7 +36,9 @@ def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
     return DRAINING if live else DRAINED
 
 
-def live_counts(version_ids: list[int] | None = None, *, agent: Agent | None = None) -> dict:
+def live_counts(
+    version_ids: list[int] | None = None, *, agent: Agent | int | None = None
+) -> dict[int, int]:
     """{version_id: live sessions} for some versions or a whole agent, in one query."""
     sessions = Session.objects.filter(state=SessionState.LIVE)
     if agent is not None:
@@ -133,49 +135,215 @@ def expire_overdue(agent: Agent, now: datetime) -> int:
     )
 
 
+def force_version(
+    version_id: int,
+    agent: Agent,
+    now: datetime,
+    *,
+    actor: Any,
+    reason: str,
+    action: str,
+    terminate: bool = False,
+) -> int | None:
+    """Set a version's force-drain mark, once, and audit it.
+
+    1. A conditional UPDATE sets the mark only where none is set (or, for
+       ``terminate``, escalates a drain mark), so of racing callers exactly one wins.
+    2. The version's live sessions not yet told to drain are told now, so the beat
+       expires those that never call again once the grace runs out. Sessions pinned
+       later (say, from a routing table read just before the mark) are caught by the
+       mark itself at their next heartbeat.
+    3. One audit entry with the actor and the reason.
+
+    Returns how many sessions were told, or None if the mark was there already. The
+    version must have a lifecycle row.
+    """
+    unmarked = Q(forced_drain_at__isnull=True)
+    if terminate:
+        unmarked |= Q(forced_terminate=False)
+    marked = Lifecycle.objects.filter(unmarked, pk=version_id).update(
+        forced_drain_at=now, forced_drain_reason=reason, forced_terminate=terminate
+    )
+    if not marked:
+        return None
+    told = Session.objects.filter(
+        version_id=version_id, state=SessionState.LIVE, drain_at__isnull=True
+    ).update(drain_at=now)
+    after: dict[str, Any] = {"sessions_told_to_drain": told}
+    if terminate:
+        after["terminate"] = True
+    version = Version.objects.get(pk=version_id)
+    record(action, version, actor=actor, agent=agent, reason=reason, after=after)
+    return told
+
+
+def apply_live_version_cap(routing: Routing, now: datetime) -> list[int]:
+    """Force-drain the oldest draining versions while more versions are live than the
+    agent's ``max_live_versions``. The caller holds the routing row's lock.
+
+    A version is live if it has live sessions or has weight: a version that just got
+    weight is counted at that routing change, before its first pin, so the hot path
+    never has to count anything. Versions force-drained already count as handled.
+
+    1. Count live sessions per version (the live partial index) and add the versions
+       with weight.
+    2. Give weightless versions that have live sessions but no lifecycle (pins that
+       harnesses reported) a lifecycle, so they can be ordered and marked.
+    3. Mark the oldest draining versions, by drain start, until the excess is handled.
+    """
+    agent = Agent.objects.get(pk=routing.agent_id)
+    live = live_counts(agent=agent)
+    active = {int(v) for v, w in routing.weights.items() if int(w) > 0}
+    counted = set(live) | active
+    excess = len(counted) - agent.max_live_versions
+    if excess <= 0:
+        return []
+    weightless = [vid for vid in live if vid not in active]
+    for vid in weightless:
+        Lifecycle.objects.get_or_create(
+            version_id=vid,
+            defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live[vid]},
+        )
+    draining = sorted(
+        Lifecycle.objects.filter(version_id__in=weightless),
+        key=lambda lc: (lc.drain_started_at or now, lc.version_id),
+    )
+    handled = sum(1 for lc in draining if lc.forced_drain_at is not None)
+    forced: list[int] = []
+    reason = (
+        f"max_live_versions={agent.max_live_versions}: {len(counted)} versions are live "
+        "(with sessions or weight); the oldest draining version is force-drained"
+    )
+    for lifecycle in draining:
+        if handled + len(forced) >= excess:
+            break
+        if lifecycle.forced_drain_at is not None:
+            continue
+        told = force_version(
+            lifecycle.version_id,
+            agent,
+            now,
+            actor=SYSTEM,
+            reason=reason,
+            action="version.force_drained",
+        )
+        if told is not None:
+            forced.append(lifecycle.version_id)
+    return forced
+
+
 def enforce_max_live_versions(agent: Agent, now: datetime) -> list[int]:
-    """Force-drain the oldest draining versions while more versions than the cap have
-    live sessions. Versions already force-drained count as handled."""
+    """The beat's pass of the live-version cap, which every routing change, policy
+    change and revived version also applies at once."""
     with transaction.atomic():
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None:
             return []
-        live = live_counts(agent=agent)
-        excess = len(live) - agent.max_live_versions
-        if excess <= 0:
-            return []
-        draining = list(
-            Lifecycle.objects.filter(version_id__in=live, agent=agent)
-            .exclude(version_id__in=[int(v) for v, w in routing.weights.items() if w > 0])
-            .order_by("drain_started_at", "version_id")
+        return apply_live_version_cap(routing, now)
+
+
+def revive(agent: Agent, version_id: int, now: datetime) -> Lifecycle | None:
+    """A weightless version that was drained (or never routed) has a live session
+    again: a pin that a harness made locally and reported. Note that it drains again,
+    and apply the cap, which this new live version may exceed. Returns its lifecycle,
+    or None if the version has weight after all.
+
+    Callers detect this from the lifecycle they read anyway (no lifecycle, or
+    ``drained_at`` set), so it runs once per revival, not at every heartbeat."""
+    with transaction.atomic():
+        routing = Routing.objects.select_for_update().filter(agent=agent).first()
+        if routing is None or routing.weight_of(version_id) > 0:
+            return None
+        live = live_counts([version_id]).get(version_id, 0)
+        lifecycle, created = Lifecycle.objects.get_or_create(
+            version_id=version_id,
+            defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live},
         )
-        already = sum(1 for lc in draining if lc.forced_drain_at is not None)
-        forced = []
-        for lifecycle in draining:
-            if len(forced) >= excess - already:
-                break
-            if lifecycle.forced_drain_at is not None:
-                continue
-            reason = (
-                f"max_live_versions={agent.max_live_versions}: {len(live)} versions "
-                "have live sessions; the oldest draining version is force-drained"
+        if not created:
+            Lifecycle.objects.filter(pk=version_id, drained_at__isnull=False).update(
+                drained_at=None,
+                drain_started_at=lifecycle.drain_started_at or now,
+                live_at_drain_start=max(lifecycle.live_at_drain_start or 0, live),
             )
-            told = Session.objects.filter(
-                version_id=lifecycle.version_id, state=SessionState.LIVE, drain_at__isnull=True
-            ).update(drain_at=now)
-            Lifecycle.objects.filter(pk=lifecycle.pk).update(
-                forced_drain_at=now, forced_drain_reason=reason
+        apply_live_version_cap(routing, now)
+        return Lifecycle.objects.get(pk=version_id)
+
+
+def on_agent_saved(sender: Any, instance: Agent, created: bool = False, **kwargs: Any) -> None:
+    """A changed ``max_live_versions`` applies at once, not at the beat's next pass.
+
+    After the commit, in a transaction of its own: the policy change holds the agent's
+    row, and taking the routing row's lock after it would invert the engine's order."""
+    update_fields = kwargs.get("update_fields")
+    if created or (update_fields is not None and "max_live_versions" not in update_fields):
+        return
+    agent_id = instance.pk
+    transaction.on_commit(
+        lambda: enforce_max_live_versions(Agent.objects.get(pk=agent_id), timezone.now())
+    )
+
+
+class DrainRefused(Exception):
+    """A forced drain the version's state does not allow (answered with 409)."""
+
+
+@dataclass(frozen=True)
+class ManualDrain:
+    lifecycle: Lifecycle
+    live_sessions: int
+    sessions_told_to_drain: int
+
+
+def force_drain(
+    version: Version, *, actor: Any, reason: str, terminate: bool = False
+) -> ManualDrain:
+    """Force-drain a version by hand: every live session of it gets ``drain`` at its
+    next heartbeat, or with ``terminate`` is told to terminate and marked expired.
+
+    1. Lock the agent's routing row, so the version's weight cannot change meanwhile.
+    2. Refuse a version that has weight (it would keep getting new sessions: roll back
+       first), one with no live sessions (drained, or it never ran), and one that is
+       force-drained already (a drain may still be escalated to terminate).
+    3. Set the version's mark and tell its sessions, audited with actor and reason.
+    """
+    reason = reason.strip() if isinstance(reason, str) else ""
+    if not reason:
+        raise ValueError("A reason is required to force a drain.")
+    now = timezone.now()
+    with transaction.atomic():
+        routing = Routing.objects.select_for_update().filter(agent_id=version.agent_id).first()
+        weight = routing.weight_of(version.pk) if routing is not None else 0
+        if weight > 0:
+            raise DrainRefused(
+                f"Version {version.pk} has weight {weight} and still receives new sessions; "
+                "roll back or move its traffic before draining it."
             )
-            record(
-                "version.force_drained",
-                Version.objects.get(pk=lifecycle.version_id),
-                actor=SYSTEM,
-                agent=agent,
+        live = live_counts([version.pk]).get(version.pk, 0)
+        if not live:
+            raise DrainRefused(f"Version {version.pk} has no live sessions: it is drained.")
+        agent = Agent.objects.get(pk=version.agent_id)
+        lifecycle, _ = Lifecycle.objects.get_or_create(
+            version_id=version.pk,
+            defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live},
+        )
+        told = None
+        if lifecycle.forced_drain_at is None or (terminate and not lifecycle.forced_terminate):
+            told = force_version(
+                version.pk,
+                agent,
+                now,
+                actor=actor,
                 reason=reason,
-                after={"sessions_told_to_drain": told},
+                action="version.force_drained",
+                terminate=terminate,
             )
-            forced.append(lifecycle.version_id)
-    return forced
+        if told is None:
+            mode = "terminated" if lifecycle.forced_terminate else "drained"
+            raise DrainRefused(
+                f"Version {version.pk} is already force-{mode}: {lifecycle.forced_drain_reason}"
+            )
+        lifecycle.refresh_from_db()
+    return ManualDrain(lifecycle, live, told)
 
 
 def sweep_drained(agent: Agent, now: datetime) -> list[int]:
@@ -210,16 +378,25 @@ class FleetVersion:
     drain: dict[str, Any] | None
 
 
-def survival_curve(agent: Agent, now: datetime):
+def survival_curve(
+    agent: Agent, now: datetime, also_live: dict[int, datetime] | None = None
+) -> SurvivalCurve:
     """Kaplan-Meier over the agent's recent sessions: ended ones are events, live ones
-    are censored at their current age."""
+    are censored at their current age.
+
+    Only the ``SURVIVAL_SAMPLE`` most recently started sessions are read. ``also_live``
+    (``{session pk: started_at}``) adds live sessions from before the sample, censored:
+    the long sessions a draining version waits for are the oldest ones, and left out
+    they would read as if nothing ever lasted that long.
+    """
     rows = (
         Session.objects.filter(agent=agent)
         .order_by("-started_at")
-        .values_list("state", "started_at", "ended_at", "last_seen_at")[:SURVIVAL_SAMPLE]
+        .values_list("pk", "state", "started_at", "ended_at", "last_seen_at")[:SURVIVAL_SAMPLE]
     )
-    durations, observed = [], []
-    for state, started_at, ended_at, last_seen_at in rows:
+    durations, observed, seen = [], [], set()
+    for pk, state, started_at, ended_at, last_seen_at in rows:
+        seen.add(pk)
         if state == SessionState.LIVE:
             durations.append(max((now - started_at).total_seconds(), 0.0))
             observed.append(False)
@@ -227,6 +404,10 @@ def survival_curve(agent: Agent, now: datetime):
             end = last_seen_at if state == SessionState.ABANDONED else (ended_at or last_seen_at)
             durations.append(max((end - started_at).total_seconds(), 0.0))
             observed.append(True)
+    for pk, started_at in (also_live or {}).items():
+        if pk not in seen:
+            durations.append(max((now - started_at).total_seconds(), 0.0))
+            observed.append(False)
     return kaplan_meier(durations, observed)
 
 
@@ -239,8 +420,9 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     The number of queries does not depend on the number of versions or sessions:
     1. the routing row, the session counts per version, and the versions with their
        lifecycles;
-    2. with any version draining, the agent's survival curve and the ages of every
-       live session on a draining version, in one query each.
+    2. with any version draining, the ages of every live session on a draining
+       version, and the agent's survival curve over its recent sessions plus those,
+       in one query each.
     """
     now = now or timezone.now()
     routing = Routing.objects.filter(agent=agent).first()
@@ -280,11 +462,13 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     ages: dict[int, list[float]] = {pk: [] for pk in draining}
     curve = None
     if draining:
-        curve = survival_curve(agent, now)
-        for version_id, started_at in Session.objects.filter(
+        waited_for: dict[int, datetime] = {}
+        for pk, version_id, started_at in Session.objects.filter(
             version_id__in=draining, state=SessionState.LIVE
-        ).values_list("version_id", "started_at"):
+        ).values_list("pk", "version_id", "started_at"):
             ages[version_id].append(max((now - started_at).total_seconds(), 0.0))
+            waited_for[pk] = started_at
+        curve = survival_curve(agent, now, also_live=waited_for)
 
     result = []
     for version, lifecycle, live, state in rows:

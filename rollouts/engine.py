@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from metrics import gates as gates_mod
 from metrics import outcomes
-from rollouts.drain import live_counts
+from rollouts.drain import apply_live_version_cap, force_version, live_counts
 from rollouts.models import (
     FULL,
     OPEN_STATES,
@@ -27,8 +27,7 @@ from rollouts.models import (
     RolloutEvent,
     RolloutState,
     Routing,
-    Session,
-    SessionState,
+    RoutingChange,
 )
 from rollouts.routing import validate_weights
 from versions.audit import SYSTEM, record
@@ -133,6 +132,8 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
        they had live at that moment (the denominator of drain progress).
     2. Versions gaining weight become active again: clear their drain marks.
     3. The epoch increments, so every cache keyed on it misses at the next read.
+    4. The live-version cap applies now: a version that gets weight is live from this
+       moment, so the first pin on it (on the hot path) needs no check of its own.
     """
     weights = {vid: w for vid, w in weights.items() if w > 0}
     validate_weights(weights)
@@ -162,38 +163,81 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
                 drained_at=None,
                 forced_drain_at=None,
                 forced_drain_reason="",
+                forced_terminate=False,
                 first_routed_at=lifecycle.first_routed_at or now,
             )
     before = {"epoch": routing.epoch, "weights": routing.weights}
     routing.weights = {str(vid): w for vid, w in sorted(weights.items())}
     routing.epoch += 1
     routing.save(update_fields=["weights", "epoch", "updated_at"])
+    apply_live_version_cap(routing, now)
     return {"before": before, "after": {"epoch": routing.epoch, "weights": routing.weights}}
 
 
-def _set_stable(routing: Routing, version_id: int) -> None:
+def _set_stable(routing: Routing, version_id: int, *, drop: int | None = None) -> None:
+    """Make ``version_id`` the stable, last in the history. ``drop`` leaves the history
+    altogether: a stable that was rolled back is no target for the next rollback."""
     Agent.objects.filter(pk=routing.agent_id).update(stable_id=version_id)
-    history = [vid for vid in routing.stable_history if vid != version_id]
+    history = [vid for vid in routing.stable_history if vid not in (version_id, drop)]
     routing.stable_history = [*history, version_id][-50:]
     routing.save(update_fields=["stable_history", "updated_at"])
 
 
-def _evacuate(version_id: int, agent: Agent, now: datetime, actor: Any, reason: str) -> int:
-    """Tell every live session of a version to drain (then terminate after the grace)."""
-    count = Session.objects.filter(
-        version_id=version_id, state=SessionState.LIVE, drain_at__isnull=True
-    ).update(drain_at=now)
-    Lifecycle.objects.filter(pk=version_id).update(forced_drain_at=now, forced_drain_reason=reason)
-    version = Version.objects.get(pk=version_id)
-    record(
-        "version.evacuated",
-        version,
-        actor=actor,
-        agent=agent,
-        reason=reason,
-        after={"sessions_told_to_drain": count},
+def _actor_name(actor: Any) -> str:
+    return actor.get_username() if getattr(actor, "is_authenticated", False) else str(actor)
+
+
+def _is_system(actor: Any) -> bool:
+    return isinstance(actor, str) and actor == SYSTEM
+
+
+def _log_change(
+    routing: Routing,
+    change: dict[str, Any] | None,
+    *,
+    actor: Any,
+    action: str,
+    now: datetime,
+    rollout: Rollout | None = None,
+) -> None:
+    """Note who moved the routing to its new epoch, beside the audit entry."""
+    if change is None:
+        return
+    RoutingChange.objects.create(
+        agent_id=routing.agent_id,
+        epoch=change["after"]["epoch"],
+        at=now,
+        actor=_actor_name(actor)[:150],
+        system=_is_system(actor),
+        rollout=rollout,
+        stage=rollout.stage if rollout is not None else None,
+        action=action,
     )
-    return count
+
+
+def _only_the_beat_moved(agent_id: int, rollout: Rollout, *, since_epoch: int, epoch: int) -> bool:
+    """Whether every routing change after ``since_epoch`` up to ``epoch`` was the beat
+    moving ``rollout``: then what a person saw at ``since_epoch`` still describes the
+    choice they made. Missing log rows (history from before the log) count against."""
+    if since_epoch >= epoch:
+        return False
+    changes = list(
+        RoutingChange.objects.filter(
+            agent_id=agent_id, epoch__gt=since_epoch, epoch__lte=epoch
+        ).values_list("system", "rollout_id")
+    )
+    return len(changes) == epoch - since_epoch and all(
+        system and rollout_id == rollout.pk for system, rollout_id in changes
+    )
+
+
+def _evacuate(version_id: int, agent: Agent, now: datetime, actor: Any, reason: str) -> int:
+    """Tell every live session of a version to drain (then terminate after the grace),
+    including sessions pinned from a routing table read before this change."""
+    told = force_version(
+        version_id, agent, now, actor=actor, reason=reason, action="version.evacuated"
+    )
+    return told or 0
 
 
 def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") -> Routing:
@@ -208,8 +252,10 @@ def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") 
                 f"Rollout {open_rollout.pk} is {open_rollout.state}; finish or roll it back "
                 "before setting the stable directly."
             )
-        change = _set_weights(routing, {version.pk: FULL}, timezone.now())
+        now = timezone.now()
+        change = _set_weights(routing, {version.pk: FULL}, now)
         _set_stable(routing, version.pk)
+        _log_change(routing, change, actor=actor, action="agent.stable_set", now=now)
         record(
             "agent.stable_set",
             agent,
@@ -235,10 +281,9 @@ def _event(
     reason: str = "",
     evaluation: dict | None = None,
 ) -> RolloutEvent:
-    name = actor.get_username() if getattr(actor, "is_authenticated", False) else str(actor)
     return RolloutEvent.objects.create(
         rollout=rollout,
-        actor=name,
+        actor=_actor_name(actor),
         action=action,
         from_state=from_state,
         to_state=rollout.state,
@@ -357,6 +402,9 @@ def start_rollout(
         else:
             change = _set_weights(routing, _stage_weights(rollout, 0), now)
         _event(rollout, actor=actor, action="start", from_state="", from_stage=None, reason=reason)
+        _log_change(
+            routing, change, actor=actor, action="rollout.started", now=now, rollout=rollout
+        )
         record(
             "rollout.started",
             rollout,
@@ -389,15 +437,20 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
     1. A critical gate that fails halts the rollout (or rolls it back with
        ``auto_rollback``).
     2. A stage past its ``max_duration_s`` without passing halts as inconclusive.
-    3. The stage advances when its minimum duration has elapsed, both arms have
-       ``min_sessions`` ended sessions started since the rollout began, and every
-       critical gate passes.
+    3. The stage advances when its minimum duration of running time (pauses left
+       out) has elapsed, both arms have ``min_sessions`` ended sessions with an outcome
+       that started during this stage, and every critical gate passes over the whole
+       rollout.
     4. Otherwise it holds.
     """
     now = now or timezone.now()
     stage = rollout.stages[rollout.stage]
-    elapsed = (now - rollout.stage_started_at).total_seconds()
-    counts = outcomes.ended_counts([rollout.candidate_id, rollout.baseline_id], rollout.started_at)
+    elapsed = rollout.stage_running_s(now)
+    # Samples are per stage: each stage routes at other weights, and its arms are
+    # compared at those. Gates look at the whole rollout (below).
+    counts = outcomes.ended_counts(
+        [rollout.candidate_id, rollout.baseline_id], rollout.stage_started_at
+    )
     results = gates_mod.evaluate(
         rollout.gates,
         candidate_id=rollout.candidate_id,
@@ -433,7 +486,7 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
         verdict = "rollback" if rollout.auto_rollback else "halt"
         reason = f"critical gate failed: {', '.join(failed)}"
     elif duration_ok and samples_ok and not not_passed:
-        verdict, reason = "advance", "stage conditions met and every critical gate passes"
+        verdict, reason = "advance", f"stage conditions met; {_gates_summary(results)}"
     elif stage["max_duration_s"] is not None and elapsed > stage["max_duration_s"]:
         verdict = "halt"
         reason = (
@@ -453,6 +506,16 @@ def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
     return Evaluation(verdict, reason, report)
 
 
+def _gates_summary(results: list[dict[str, Any]]) -> str:
+    """What the gates said when none blocks: a pass with nothing to check is not a pass."""
+    if not results:
+        return "no gates configured"
+    critical = sum(1 for r in results if r["critical"])
+    if not critical:
+        return f"no critical gates configured ({len(results)} non-critical, not blocking)"
+    return f"all {critical} critical gates pass"
+
+
 def _locked_rollout(rollout_id: int) -> tuple[Routing, Rollout]:
     rollout = Rollout.objects.select_related("agent").get(pk=rollout_id)
     routing = _lock_routing(rollout.agent)
@@ -464,23 +527,70 @@ def _advance(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any
     next_stage = rollout.stage + 1
     if next_stage >= len(rollout.stages) or rollout.stages[next_stage]["percent"] == 100:
         rollout.stage = min(next_stage, len(rollout.stages) - 1)
-        rollout.stage_started_at = now
-        rollout.save(update_fields=["stage", "stage_started_at"])
+        _restart_stage_clock(rollout, now)
+        rollout.save(update_fields=["stage", *STAGE_CLOCK])
         return _promote(routing, rollout, now)
     change = _set_weights(routing, _stage_weights(rollout, next_stage), now)
     rollout.stage = next_stage
-    rollout.stage_started_at = now
+    _restart_stage_clock(rollout, now)
     rollout.state = RolloutState.RUNNING
-    rollout.save(update_fields=["stage", "stage_started_at", "state"])
+    rollout.save(update_fields=["stage", "state", *STAGE_CLOCK])
     return change
+
+
+STAGE_CLOCK = ("stage_started_at", "paused_at", "stage_paused_s")
+
+
+def _restart_stage_clock(rollout: Rollout, now: datetime) -> None:
+    rollout.stage_started_at, rollout.paused_at, rollout.stage_paused_s = now, None, 0.0
 
 
 def _rollback(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
     change = _set_weights(routing, {rollout.baseline_id: FULL}, now)
-    if rollout.agent.stable_id != rollout.baseline_id:
+    if rollout.state == RolloutState.PROMOTED:
+        # The candidate was the stable: the baseline is again, and the candidate is no
+        # longer a stable to return to.
+        _set_stable(routing, rollout.baseline_id, drop=rollout.candidate_id)
+    elif rollout.agent.stable_id != rollout.baseline_id:
         _set_stable(routing, rollout.baseline_id)
     _close(rollout, RolloutState.ROLLED_BACK, now)
     return change
+
+
+def _only_the_beat_moved_past(rollout: Rollout, stage: int) -> bool:
+    """Whether the rollout left ``stage`` for later ones only through the beat: every
+    stage change is a routing change, and the log says who made each."""
+    if stage >= rollout.stage:
+        return False
+    movers = set(
+        RoutingChange.objects.filter(rollout=rollout, stage__gt=stage).values_list(
+            "system", flat=True
+        )
+    )
+    return movers == {True}
+
+
+def _why_not_rolled_back(rollout: Rollout) -> str | None:
+    """Why a closed rollout can no longer be rolled back, or None if it can.
+
+    A promoted rollout still can while its candidate is the stable and no newer rollout
+    has started: rolling it back then is the same one routing write as before the
+    promotion, so a rollback decided just before the beat promoted still goes ahead.
+    """
+    if rollout.state in OPEN_STATES:
+        return None
+    if rollout.state != RolloutState.PROMOTED:
+        return f"Cannot rollback a rollout that is {rollout.state}."
+    if Rollout.objects.filter(agent_id=rollout.agent_id, pk__gt=rollout.pk).exists():
+        return (
+            "A newer rollout has started since this one was promoted; roll back the agent "
+            "or the newer rollout instead."
+        )
+    if Agent.objects.filter(pk=rollout.agent_id).values_list("stable_id", flat=True).get() != (
+        rollout.candidate_id
+    ):
+        return "The stable has moved on since this rollout was promoted."
+    return None
 
 
 def _halt(routing: Routing, rollout: Rollout, now: datetime) -> dict[str, Any]:
@@ -494,7 +604,8 @@ ALLOWED = {
     "pause": {RolloutState.RUNNING},
     "resume": {RolloutState.PAUSED, RolloutState.HALTED},
     "advance": set(OPEN_STATES),
-    "rollback": set(OPEN_STATES),
+    # Rollback always wins: also a promoted rollout, within _why_not_rolled_back's rules.
+    "rollback": {*OPEN_STATES, RolloutState.PROMOTED},
     "evaluate": {RolloutState.RUNNING},
 }
 
@@ -511,9 +622,11 @@ def transition(
 ) -> Rollout:
     """Apply a human (or beat) action to a rollout, atomically and audited.
 
-    ``expect_stage`` makes the action conditional on the stage the caller evaluated,
-    so an automatic advance computed before a concurrent change is dropped. ``now`` is
-    the time the action (and an evaluation) applies at; the wall clock by default.
+    ``expect_stage`` makes the action conditional on the stage the caller saw (or the
+    beat evaluated), so an action decided before a concurrent change is dropped. A
+    rollback is the exception: it still applies if only the beat moved the rollout on
+    since, because rollback always wins. ``now`` is the time the action (and an
+    evaluation) applies at; the wall clock by default.
     """
     if action not in ALLOWED:
         raise ValueError(f"unknown action {action!r}")
@@ -522,21 +635,36 @@ def transition(
         routing, rollout = _locked_rollout(rollout_id)
         if rollout.state not in ALLOWED[action]:
             raise TransitionError(f"Cannot {action} a rollout that is {rollout.state}.")
-        if expect_stage is not None and rollout.stage != expect_stage:
-            raise TransitionError("The rollout moved on while it was being evaluated.")
+        if action == "rollback" and (refusal := _why_not_rolled_back(rollout)):
+            raise TransitionError(refusal)
+        if (
+            expect_stage is not None
+            and rollout.stage != expect_stage
+            and not (action == "rollback" and _only_the_beat_moved_past(rollout, expect_stage))
+        ):
+            raise TransitionError(
+                f"The rollout is at stage {rollout.stage} now, not stage {expect_stage}; "
+                "look again."
+            )
         from_state, from_stage = rollout.state, rollout.stage
         evaluation = None
         if action == "pause":
             rollout.state = RolloutState.PAUSED
-            rollout.save(update_fields=["state"])
+            rollout.paused_at = now
+            rollout.save(update_fields=["state", "paused_at"])
             change = None
         elif action == "resume":
             change = None
             if rollout.state == RolloutState.HALTED:
+                # A halted stage starts over: its samples and its clock.
                 change = _set_weights(routing, _stage_weights(rollout, rollout.stage), now)
-                rollout.stage_started_at = now
+                _restart_stage_clock(rollout, now)
+            elif rollout.paused_at is not None:
+                pause = max((now - rollout.paused_at).total_seconds(), 0.0)
+                rollout.stage_paused_s += pause
+                rollout.paused_at = None
             rollout.state = RolloutState.RUNNING
-            rollout.save(update_fields=["state", "stage_started_at"])
+            rollout.save(update_fields=["state", *STAGE_CLOCK])
         elif action == "advance":
             change = _advance(routing, rollout, now)
             reason = reason or "manual override"
@@ -570,6 +698,9 @@ def transition(
             from_stage=from_stage,
             reason=reason,
             evaluation=evaluation,
+        )
+        _log_change(
+            routing, change, actor=actor, action=f"rollout.{action}", now=now, rollout=rollout
         )
         record(
             f"rollout.{action}",
@@ -611,46 +742,63 @@ def rollback_agent(
     evacuate: bool = False,
     expect_epoch: int | None = None,
 ) -> Routing:
-    """One-click rollback: roll back the open rollout, or else return to the previous
-    stable. Either way it is one routing write, visible to the next assignment.
+    """One-click rollback: roll back the agent's latest rollout while that is still
+    possible (open, or promoted with its candidate still the stable), or else return to
+    the previous stable. Either way it is one routing write, visible to the next
+    assignment.
 
-    ``expect_epoch`` is the routing epoch the caller looked at. When given, the rollback
-    applies only to that routing, so a double click or a retried request does not roll
-    back a second step.
+    ``expect_epoch`` is the routing epoch the caller looked at, so a double click or a
+    retried request does not roll back a second step:
+    1. at the current epoch, the rollback goes ahead;
+    2. at an older one, it goes ahead only if every change since was the beat moving
+       the rollout being rolled back (rollback wins over an automatic advance or
+       promotion the person did not see);
+    3. otherwise it is refused.
     """
     with transaction.atomic():
         routing = _lock_routing(agent)
-        if expect_epoch is not None and routing.epoch != expect_epoch:
+        agent = Agent.objects.get(pk=agent.pk)
+        latest = Rollout.objects.filter(agent=agent).order_by("-id").first()
+        target = latest if latest is not None and not _why_not_rolled_back(latest) else None
+        if (
+            expect_epoch is not None
+            and routing.epoch != expect_epoch
+            and not (
+                target is not None
+                and _only_the_beat_moved(
+                    agent.pk, target, since_epoch=expect_epoch, epoch=routing.epoch
+                )
+            )
+        ):
             raise TransitionError(
                 f"Routing changed since epoch {expect_epoch} (now {routing.epoch}); "
                 "look again before rolling back."
             )
-        open_rollout = Rollout.objects.filter(agent=agent, state__in=OPEN_STATES).first()
-        if open_rollout is not None:
-            transition(open_rollout.pk, "rollback", actor=actor, reason=reason, evacuate=evacuate)
+        if target is not None:
+            transition(target.pk, "rollback", actor=actor, reason=reason, evacuate=evacuate)
             routing.refresh_from_db()
             return routing
-        agent = Agent.objects.get(pk=agent.pk)
         current = agent.stable_id
         previous = [vid for vid in routing.stable_history if vid != current]
         if current is None or not previous:
             raise TransitionError("There is no previous stable version to roll back to.")
-        target = previous[-1]
+        target_id = previous[-1]
         now = timezone.now()
-        change = _set_weights(routing, {target: FULL}, now)
-        Agent.objects.filter(pk=agent.pk).update(stable_id=target)
+        change = _set_weights(routing, {target_id: FULL}, now)
+        Agent.objects.filter(pk=agent.pk).update(stable_id=target_id)
         # Pop the rolled-back stable so a second rollback goes one further back.
         routing.stable_history = [vid for vid in routing.stable_history if vid != current]
         routing.save(update_fields=["stable_history", "updated_at"])
         if evacuate:
             _evacuate(current, agent, now, actor, reason or "evacuated by agent rollback")
+        _log_change(routing, change, actor=actor, action="agent.rollback", now=now)
         record(
             "agent.rollback",
             agent,
             actor=actor,
             reason=reason,
             before={**change["before"], "stable": current},
-            after={**change["after"], "stable": target},
+            after={**change["after"], "stable": target_id},
         )
     return routing
 
@@ -680,7 +828,11 @@ def evaluate_open_rollouts(now: datetime | None = None) -> dict[str, int]:
 
 
 def stage_deadline(rollout: Rollout) -> datetime | None:
+    """When the current stage runs out of ``max_duration_s``: none without a limit, and
+    none while paused, since the stage clock stands still."""
     stage = rollout.stages[rollout.stage]
-    if stage["max_duration_s"] is None:
+    if stage["max_duration_s"] is None or rollout.paused_at is not None:
         return None
-    return rollout.stage_started_at + timedelta(seconds=stage["max_duration_s"])
+    return rollout.stage_started_at + timedelta(
+        seconds=stage["max_duration_s"] + rollout.stage_paused_s
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -43,8 +45,14 @@ class Lifecycle(models.Model):
     drain_started_at = models.DateTimeField(null=True)
     live_at_drain_start = models.PositiveIntegerField(null=True)
     drained_at = models.DateTimeField(null=True)
+    # The version-level force-drain mark. Every live session of the version gets
+    # ``drain`` (or ``terminate``) at its next heartbeat, however and whenever it was
+    # pinned: the heartbeat reads this mark, so applying it costs no count per heartbeat.
     forced_drain_at = models.DateTimeField(null=True)
     forced_drain_reason = models.TextField(blank=True, default="")
+    forced_terminate = models.BooleanField(
+        default=False, help_text="Forced sessions are terminated, not asked to drain"
+    )
 
     def __str__(self) -> str:
         return f"lifecycle of {self.version_id}"
@@ -120,6 +128,12 @@ class Rollout(models.Model):
     stage = models.PositiveSmallIntegerField(default=0, help_text="Index into stages")
     started_at = models.DateTimeField()
     stage_started_at = models.DateTimeField()
+    # The stage clock stops while the rollout is paused: min_duration_s and
+    # max_duration_s count running time only.
+    paused_at = models.DateTimeField(null=True, blank=True, help_text="Start of the pause")
+    stage_paused_s = models.FloatField(
+        default=0.0, help_text="Seconds the current stage spent paused, past pauses only"
+    )
     ended_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -149,6 +163,44 @@ class Rollout(models.Model):
     @property
     def percent(self) -> float:
         return self.stages[self.stage]["percent"]
+
+    def stage_running_s(self, now: datetime) -> float:
+        """Seconds the current stage has been running at ``now``, pauses left out."""
+        paused = self.stage_paused_s
+        if self.paused_at is not None:
+            paused += max((now - self.paused_at).total_seconds(), 0.0)
+        return (now - self.stage_started_at).total_seconds() - paused
+
+
+class RoutingChange(models.Model):
+    """Who moved an agent's routing to an epoch, and for which rollout.
+
+    One row per epoch, written in the routing change's own transaction. A rollback that
+    names the epoch a person looked at reads these under the routing lock: if every
+    change since was the beat moving the same rollout, the person's decision still
+    stands and the rollback goes ahead (rollback always wins); otherwise it is refused.
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    epoch = models.PositiveBigIntegerField()
+    at = models.DateTimeField()
+    actor = models.CharField(max_length=150)
+    system = models.BooleanField(help_text="Moved by the beat, not by a person or a tool")
+    rollout = models.ForeignKey(
+        "Rollout", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    stage = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The rollout's stage after the change"
+    )
+    action = models.CharField(max_length=40)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "epoch"], name="routing_change_one_per_epoch"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} of {self.agent_id} to epoch {self.epoch}"
 
 
 class RolloutEvent(models.Model):

@@ -16,12 +16,13 @@ from typing import Any
 
 import psycopg
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
 from metrics import outcomes
 from rollouts import routing as routing_mod
-from rollouts.drain import mark_drained_if_empty
+from rollouts.drain import mark_drained_if_empty, revive
 from rollouts.models import Routing, Session, SessionState
 from versions.api import version_payload as serialize_version
 from versions.audit import SYSTEM, record
@@ -60,8 +61,19 @@ def valid_session_id(session_id: str) -> bool:
 @dataclass(frozen=True)
 class Verdict:
     directive: str
-    start_drain: bool = False  # record drain_at = now (max age reached)
+    start_drain: bool = False  # record drain_at = now
     expire: bool = False  # mark the session expired
+    reason: str = ""  # why drain starts, when not the maximum age
+    terminated_by: str = ""  # a forced terminate expires the session at once: why
+
+
+@dataclass(frozen=True)
+class ForcedDrain:
+    """A version's force-drain mark (evacuation, the live-version cap, a manual drain)."""
+
+    at: datetime
+    reason: str
+    terminate: bool = False
 
 
 def decide(
@@ -72,28 +84,44 @@ def decide(
     version_active: bool,
     policy: dict[str, int],
     now: datetime,
+    forced: ForcedDrain | None = None,
 ) -> Verdict:
     """The directive for a session, from the policy and fleet state at this moment.
 
     1. A session that is no longer live is told to terminate.
-    2. A session already told to drain keeps draining until its grace runs out, then is
+    2. A session on a version force-drained with ``terminate`` is expired and told to
+       terminate.
+    3. A session already told to drain keeps draining until its grace runs out, then is
        expired and told to terminate.
-    3. A session on a version that gets no new traffic, older than the maximum age, is
+    4. A session on a force-drained version that was not told yet (it was pinned after
+       the mark, from a routing table read before it) is told to drain from now on.
+    5. A session on a version that gets no new traffic, older than the maximum age, is
        told to drain from now on.
-    4. Everything else continues.
+    6. Everything else continues.
+
+    A force-drain mark counts only while the version has no weight; giving it weight
+    clears the mark anyway.
     """
     if state != SessionState.LIVE:
         return Verdict(TERMINATE)
+    if version_active:
+        forced = None
+    if forced is not None and forced.terminate:
+        return Verdict(TERMINATE, expire=True, terminated_by=f"version terminated: {forced.reason}")
     grace = timedelta(seconds=policy["drain_grace_s"])
     if drain_at is not None:
         if now >= drain_at + grace:
             return Verdict(TERMINATE, expire=True)
         return Verdict(DRAIN)
-    if not version_active and now - started_at > timedelta(seconds=policy["max_session_age_s"]):
-        if grace.total_seconds() == 0:
-            return Verdict(TERMINATE, start_drain=True, expire=True)
-        return Verdict(DRAIN, start_drain=True)
-    return Verdict(CONTINUE)
+    if forced is not None:
+        reason = f"version force-drained: {forced.reason}"
+    elif not version_active and now - started_at > timedelta(seconds=policy["max_session_age_s"]):
+        reason = ""
+    else:
+        return Verdict(CONTINUE)
+    if grace.total_seconds() == 0:
+        return Verdict(TERMINATE, start_drain=True, expire=True, reason=reason)
+    return Verdict(DRAIN, start_drain=True, reason=reason)
 
 
 def _apply_verdict(
@@ -117,15 +145,17 @@ def _apply_verdict(
                     session,
                     actor=SYSTEM,
                     agent=agent,
-                    reason=f"older than max_session_age_s={agent.max_session_age_s} on a "
+                    reason=verdict.reason
+                    or f"older than max_session_age_s={agent.max_session_age_s} on a "
                     "version that no longer receives new sessions",
                     after={"version": session.version_id, "drain_at": now.isoformat()},
                 )
         if verdict.expire:
+            forced = bool(verdict.terminated_by)
             updated = Session.objects.filter(pk=session.pk, state=SessionState.LIVE).update(
                 state=SessionState.EXPIRED,
                 ended_at=now,
-                end_reason="drain grace elapsed",
+                end_reason="terminated by a forced drain" if forced else "drain grace elapsed",
             )
             if updated:
                 session.state = SessionState.EXPIRED
@@ -134,7 +164,8 @@ def _apply_verdict(
                     session,
                     actor=SYSTEM,
                     agent=agent,
-                    reason=f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
+                    reason=verdict.terminated_by
+                    or f"drain_grace_s={agent.drain_grace_s} elapsed after drain",
                     after={"version": session.version_id},
                 )
                 expired = True
@@ -461,14 +492,60 @@ def _find_session(slug: str, session_id: str, *, lock: bool = False) -> Session:
         raise NotFound(session_id) from None
 
 
+def _find_session_and_marks(slug: str, session_id: str) -> Session:
+    """The session with its agent, routing row and its version's lifecycle marks, in
+    one statement: everything a heartbeat decides from."""
+    lifecycle = "version__lifecycle__"
+    sessions = Session.objects.select_related("agent__routing").annotate(
+        lc_version=F(f"{lifecycle}version_id"),
+        lc_forced_drain_at=F(f"{lifecycle}forced_drain_at"),
+        lc_forced_reason=F(f"{lifecycle}forced_drain_reason"),
+        lc_forced_terminate=F(f"{lifecycle}forced_terminate"),
+        lc_drained_at=F(f"{lifecycle}drained_at"),
+    )
+    try:
+        return sessions.get(agent__slug=slug, session_id=session_id)
+    except Session.DoesNotExist:
+        raise NotFound(session_id) from None
+
+
+def _mark(at: datetime | None, reason: str | None, terminate: bool | None) -> ForcedDrain | None:
+    return None if at is None else ForcedDrain(at, reason or "", bool(terminate))
+
+
 def heartbeat(slug: str, session_id: str) -> Session:
     """Record that the session is alive and decide its directive (set on the result as
-    ``directive``) from the policy in force right now."""
+    ``directive``) from the policy in force right now.
+
+    1. Read the session, its agent and routing, and its version's force-drain mark, in
+       one statement. Nothing is counted: the live-version cap is applied where the
+       fleet changes, and leaves its mark on the version.
+    2. A live session on a weightless version that is drained, or was never routed to,
+       revives that version (a pin reported by a harness that routed locally): note it
+       and apply the cap, once per revival.
+    3. Update ``last_seen_at``, decide, and persist what the verdict implies.
+    """
     now = timezone.now()
-    session = _find_session(slug, session_id)
+    session = _find_session_and_marks(slug, session_id)
     agent = session.agent
     routing = getattr(agent, "routing", None)
     active = routing is not None and routing.weight_of(session.version_id) > 0
+    forced = _mark(
+        session.lc_forced_drain_at, session.lc_forced_reason, session.lc_forced_terminate
+    )
+    if (
+        session.state == SessionState.LIVE
+        and routing is not None
+        and not active
+        and (session.lc_version is None or session.lc_drained_at is not None)
+    ):
+        lifecycle = revive(agent, session.version_id, now)
+        if lifecycle is not None:
+            forced = _mark(
+                lifecycle.forced_drain_at,
+                lifecycle.forced_drain_reason,
+                lifecycle.forced_terminate,
+            )
     verdict = decide(
         state=session.state,
         started_at=session.started_at,
@@ -476,6 +553,7 @@ def heartbeat(slug: str, session_id: str) -> Session:
         version_active=active,
         policy=agent.drain_policy,
         now=now,
+        forced=forced,
     )
     if session.state == SessionState.LIVE:
         Session.objects.filter(pk=session.pk, state=SessionState.LIVE).update(last_seen_at=now)

@@ -24,6 +24,7 @@ urlpatterns = [
         api.SessionFeedback.as_view(),
         name="session-feedback",
     ),
+    path("versions/<int:pk>/drain/", api.VersionDrainView.as_view(), name="version-drain"),
     path("rollouts/<int:pk>/", api.RolloutDetail.as_view(), name="rollout-detail"),
     *[
         path(

@@ -29,6 +29,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from controlplane.models import ApiToken, Profile, Role
@@ -169,6 +170,7 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     *manager_posts("/api/rollouts/{pk}/rollback/", {"reason": "matrix"}),
     *manager_posts("/api/rollouts/{pk}/evaluate/", {}),
     *read_only("/api/agents/{slug}/fleet/", NO_HARNESS_READS),
+    *manager_posts("/api/versions/{pk}/drain/", {"reason": "matrix"}),  # GIVEN: draining
     # sessions and outcomes: the harness's side
     *harness_posts("/api/agents/{slug}/sessions/", {"session_id": "matrix-new"}, 201),
     *harness_posts("/api/agents/{slug}/sessions/{session_id}/heartbeat/", {}),
@@ -203,11 +205,25 @@ def _close_the_rollout(world: dict[str, Any]) -> None:
     engine.transition(world["rollout"].pk, "rollback", actor=SYSTEM)
 
 
+def _draining_with_a_session(world: dict[str, Any]) -> None:
+    """Only a version without weight and with live sessions can be force-drained."""
+    _close_the_rollout(world)
+    now = timezone.now()
+    Session.objects.create(
+        agent=world["agent"],
+        session_id="matrix-v2",
+        version=world["version"],
+        started_at=now,
+        last_seen_at=now,
+    )
+
+
 # What the world must look like, per URL template, for the permitted request to succeed.
 GIVEN: dict[str, Callable[[dict[str, Any]], None]] = {
     "/api/rollouts/{pk}/resume/": _pause,
     # the stable is set directly only when no rollout is open
     "/api/agents/{slug}/stable/": _close_the_rollout,
+    "/api/versions/{pk}/drain/": _draining_with_a_session,
 }
 
 

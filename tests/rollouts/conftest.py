@@ -58,7 +58,9 @@ def set_weights(agent: Agent, weights: dict[Version, int] | dict[int, int]) -> N
     by_id = {getattr(version, "pk", version): weight for version, weight in weights.items()}
     with transaction.atomic():
         routing = engine._lock_routing(agent)
-        engine._set_weights(routing, by_id, timezone.now())
+        now = timezone.now()
+        change = engine._set_weights(routing, by_id, now)
+        engine._log_change(routing, change, actor="test", action="test.set_weights", now=now)
 
 
 def expected_version(slug: str, session_id: str, weights: dict[int, int]) -> int:

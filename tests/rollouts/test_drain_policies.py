@@ -5,16 +5,21 @@ Time is moved by rewriting session timestamps in the database, never by sleeping
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from rollouts import drain, engine
-from rollouts.models import FULL, Lifecycle, Session
+from rollouts import drain, engine, sessions
+from rollouts.models import FULL, Lifecycle, Routing, Session
+from rollouts.routing import Table, bucket
+from tests.concurrency import race
 from tests.rollouts.conftest import set_weights
 from versions import services
-from versions.models import AuditEntry, Version
+from versions.models import Agent, AuditEntry, Version
 
 START = "/api/agents/{slug}/sessions/"
 BEAT = "/api/agents/{slug}/sessions/{sid}/heartbeat/"
@@ -224,11 +229,12 @@ def test_it_force_drains_the_oldest_draining_version_past_the_cap(
     engine.set_stable(policy_agent, v2, actor=actor)
     start(harness, policy_agent, "on-v2")
     assert drain.enforce_policies(policy_agent)["force_drained"] == []  # two live: at the cap
+    assert not audits("version.force_drained")
+    # The routing change that gives v3 weight makes three live versions: v1, the oldest
+    # draining one, is forced there and then, in the same transaction.
     engine.set_stable(policy_agent, v3, actor=actor)
     start(harness, policy_agent, "on-v3")
 
-    result = drain.enforce_policies(policy_agent)
-    assert result["force_drained"] == [v1.pk]
     [entry] = audits("version.force_drained")
     assert entry.object_id == str(v1.pk)
     assert entry.actor == "system"
@@ -255,6 +261,191 @@ def test_it_force_drains_the_oldest_draining_version_past_the_cap(
     harness.post(END.format(slug=policy_agent.slug, sid="on-v1"), {}, format="json")
     [drained] = audits("version.drained")
     assert drained.object_id == str(v1.pk)
+
+
+def three_live_versions(agent, make_version, client, actor):
+    """v1 and v2 draining with live sessions, v3 the stable: three live versions."""
+    v1, v2, v3 = (make_version(agent) for _ in range(3))
+    engine.set_stable(agent, v1, actor=actor)
+    start(client, agent, "on-v1")
+    engine.set_stable(agent, v2, actor=actor)
+    start(client, agent, "on-v2")
+    engine.set_stable(agent, v3, actor=actor)
+    start(client, agent, "on-v3")
+    return v1, v2, v3
+
+
+def test_the_cap_applies_at_the_next_heartbeat_after_a_routing_change(
+    policy_agent, make_version, harness, actor
+):
+    services.update_agent(policy_agent, changes={"max_live_versions": 2}, actor=actor)
+    policy_agent.refresh_from_db()
+    v1, _, _ = three_live_versions(policy_agent, make_version, harness, actor)
+
+    # No beat has run: the routing change that made v3 live applied the cap.
+    assert beat(harness, policy_agent, "on-v1") == "drain"
+    assert beat(harness, policy_agent, "on-v2") == "continue"
+    assert beat(harness, policy_agent, "on-v3") == "continue"
+    [entry] = audits("version.force_drained")
+    assert (entry.object_id, entry.actor) == (str(v1.pk), "system")
+    assert "max_live_versions=2" in entry.reason
+    # The beat finds it done, and a later routing change does not force it again.
+    assert drain.enforce_policies(policy_agent)["force_drained"] == []
+    engine.set_stable(policy_agent, make_version(policy_agent), actor=actor)
+    assert len(audits("version.force_drained", object_id=str(v1.pk))) == 1
+
+
+def test_the_cap_counts_a_version_with_weight_as_live_before_its_first_session(
+    policy_agent, make_version, harness, actor
+):
+    """The first pin on a version happens on the hot path, which must not count
+    anything: a version is counted from the routing change that gives it weight."""
+    services.update_agent(policy_agent, changes={"max_live_versions": 2}, actor=actor)
+    policy_agent.refresh_from_db()
+    v1, v2, v3 = (make_version(policy_agent) for _ in range(3))
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "on-v1")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    start(harness, policy_agent, "on-v2")
+    engine.start_rollout(
+        policy_agent, candidate=v3, stages=engine.validate_stages([5, 100]), gates=[], actor=actor
+    )
+    assert not Session.objects.filter(version=v3).exists()
+    assert beat(harness, policy_agent, "on-v1") == "drain"
+    assert beat(harness, policy_agent, "on-v2") == "continue"
+
+
+def test_the_cap_applies_at_the_next_heartbeat_after_a_policy_change(
+    policy_agent, make_version, harness, actor, release_manager, django_capture_on_commit_callbacks
+):
+    v1, v2, _ = three_live_versions(policy_agent, make_version, harness, actor)
+    assert beat(harness, policy_agent, "on-v1") == "continue"  # cap 4: fine
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = release_manager.patch(
+            f"/api/agents/{policy_agent.slug}/",
+            {"drain_policy": {"max_live_versions": 1}},
+            format="json",
+        )
+    assert response.status_code == 200, response.content
+    assert beat(harness, policy_agent, "on-v1") == "drain"
+    assert beat(harness, policy_agent, "on-v2") == "drain"
+    assert beat(harness, policy_agent, "on-v3") == "continue"  # active: never forced
+    assert {e.object_id for e in audits("version.force_drained")} == {str(v1.pk), str(v2.pk)}
+
+
+def test_the_cap_applies_to_a_pin_reported_on_a_drained_version(
+    policy_agent, make_version, harness, actor
+):
+    """A version without weight gets new sessions only from harnesses that routed
+    locally while Prism was down. Their first heartbeat brings the version back to
+    life, and the cap with it."""
+    services.update_agent(policy_agent, changes={"max_live_versions": 2}, actor=actor)
+    policy_agent.refresh_from_db()
+    v1, v2, v3 = (make_version(policy_agent) for _ in range(3))
+    engine.set_stable(policy_agent, v1, actor=actor)
+    start(harness, policy_agent, "gone")
+    engine.set_stable(policy_agent, v2, actor=actor)
+    harness.post(END.format(slug=policy_agent.slug, sid="gone"), {}, format="json")
+    assert Lifecycle.objects.get(pk=v1.pk).drained_at is not None
+    start(harness, policy_agent, "on-v2")
+    engine.set_stable(policy_agent, v3, actor=actor)  # v2 draining, v3 active: 2 live
+
+    response = harness.post(
+        START.format(slug=policy_agent.slug),
+        {"session_id": "offline", "version": v1.pk},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    assert beat(harness, policy_agent, "offline") == "drain"
+    assert Lifecycle.objects.get(pk=v1.pk).drained_at is None  # live again, then forced
+    assert beat(harness, policy_agent, "on-v2") == "continue"
+    assert [e.object_id for e in audits("version.force_drained")] == [str(v1.pk)]
+
+
+def test_a_heartbeat_counts_nothing(policy_agent, make_version, harness, actor):
+    """Directives come from the session's row and its version's marks, read in one
+    statement: no count of live sessions or versions, however big the fleet."""
+    three_live_versions(policy_agent, make_version, harness, actor)
+    for i in range(20):
+        start(harness, policy_agent, f"more-{i}")
+    with CaptureQueriesContext(connection) as queries:
+        directive = sessions.heartbeat(policy_agent.slug, "on-v1").directive
+    assert directive == "continue"
+    assert len(queries) == 2  # the read and the last_seen_at update
+    assert not [q for q in queries if "COUNT(" in q["sql"].upper()]
+
+
+def test_a_session_pinned_from_the_table_before_an_evacuating_rollback_drains(
+    policy_agent, make_version, harness, actor
+):
+    """A pin computed from the routing just before the rollback committed lands on the
+    candidate after the evacuation marked its sessions: the version's mark catches it."""
+    v1, v2 = make_version(policy_agent), make_version(policy_agent)
+    engine.set_stable(policy_agent, v1, actor=actor)
+    rollout = engine.start_rollout(
+        policy_agent, candidate=v2, stages=engine.validate_stages([50, 100]), gates=[], actor=actor
+    )
+    before = Routing.objects.get(agent=policy_agent)
+    table = Table.compile(before.epoch, {int(k): v for k, v in before.weights.items()})
+    late = next(
+        f"late-{i}"
+        for i in itertools.count()
+        if table.pick(bucket(policy_agent.slug, f"late-{i}")) == v2.pk
+    )
+    engine.transition(rollout.pk, "rollback", actor=actor, reason="bad", evacuate=True)
+
+    # What the hot path writes for a table compiled before the rollback: the pin.
+    now = timezone.now()
+    Session.objects.create(
+        agent=policy_agent,
+        session_id=late,
+        version=v2,
+        started_at=now,
+        last_seen_at=now,
+        epoch=before.epoch,
+    )
+
+    assert beat(harness, policy_agent, late) == "drain"
+    assert Session.objects.get(session_id=late).drain_at is not None
+    [entry] = audits("session.drain")
+    assert "bad" in entry.reason
+    age(late, drain_at=31)
+    assert beat(harness, policy_agent, late) == "terminate"
+    assert state(late) == "expired"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_force_drain_is_decided_and_audited_once_under_concurrency(
+    policy_agent, make_version, harness, actor
+):
+    """Two beat passes and a manual drain race for one version: the conditional update
+    lets exactly one mark it, and only that one is audited."""
+    v1, _, _ = three_live_versions(policy_agent, make_version, harness, actor)
+    # Lowered behind the app's back (no save signal), so nothing has applied it yet.
+    Agent.objects.filter(pk=policy_agent.pk).update(max_live_versions=2)
+    policy_agent.refresh_from_db()
+    version = Version.objects.get(pk=v1.pk)
+    assert Lifecycle.objects.get(pk=v1.pk).forced_drain_at is None
+
+    def attempt(index: int):
+        if index < 2:
+            return drain.enforce_max_live_versions(policy_agent, timezone.now())
+        try:
+            return drain.force_drain(version, actor=actor, reason="by hand")
+        except drain.DrainRefused as exc:
+            return exc
+
+    results = race(3, attempt)
+
+    entries = audits("version.force_drained", object_id=str(v1.pk))
+    assert len(entries) == 1
+    winners = [r for r in results[:2] if r == [v1.pk]]
+    manual_won = isinstance(results[2], drain.ManualDrain)
+    assert len(winners) + manual_won == 1, results
+    assert entries[0].actor == (actor.username if manual_won else "system")
+    assert beat(harness, policy_agent, "on-v1") == "drain"
 
 
 def test_it_evacuates_on_agent_rollback(policy_agent, make_version, harness, actor):

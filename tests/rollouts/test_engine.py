@@ -3,10 +3,12 @@ comparison window, and one audited transaction per transition."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from rollouts import engine, sessions
-from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing
+from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, RoutingChange
 from rollouts.routing import Table, bucket
 from tests.rollouts.conftest import start_rollout, weights
 from versions.models import Agent, AuditEntry
@@ -15,6 +17,7 @@ pytestmark = pytest.mark.django_db
 
 SLUG = "research"
 SESSIONS = f"/api/agents/{SLUG}/sessions/"
+QUICK = {"min_duration_s": 0, "min_sessions": 0}
 
 
 def routing(agent) -> Routing:
@@ -139,7 +142,60 @@ def test_evaluate_holds_until_both_arms_have_enough_sessions_started_in_the_wind
     assert (body["state"], body["stage"]) == ("running", 1)
     assert weights(agent) == {v1.pk: 2500, v2.pk: 7500}
     assert body["events"][-1]["action"] == "auto_advance"
-    # Samples from the earlier stage still count: the window is the whole rollout.
+
+
+def end_without_outcome(client, ids: list[str]) -> None:
+    for session_id in ids:
+        response = client.post(f"{SESSIONS}{session_id}/end/", {}, format="json")
+        assert response.status_code == 200, response.content
+
+
+def test_only_sessions_with_an_outcome_started_during_the_stage_are_samples(
+    release_manager, harness, agent, v1, v2
+):
+    stages = [
+        {"percent": 50, "min_duration_s": 0, "min_sessions": 2},
+        {"percent": 75, "min_duration_s": 0, "min_sessions": 2},
+        {"percent": 100},
+    ]
+    rollout = start_rollout(agent, v2, stages=stages)
+
+    def evaluated() -> dict:
+        response = release_manager.post(f"/api/rollouts/{rollout.pk}/evaluate/", {}, format="json")
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    def samples(body: dict) -> tuple[int, int]:
+        counts = body["evaluations"][-1]["min_sessions"]
+        return counts["candidate"], counts["baseline"]
+
+    # Ended, but reported nothing: not a sample of any metric.
+    end_without_outcome(harness, open_sessions(harness, agent, v2.pk, 2, "empty-c"))
+    end_without_outcome(harness, open_sessions(harness, agent, v1.pk, 2, "empty-b"))
+    body = evaluated()
+    assert (body["stage"], samples(body)) == (0, (0, 0))
+
+    end_sessions(harness, open_sessions(harness, agent, v2.pk, 2, "s0-c"))
+    end_sessions(harness, open_sessions(harness, agent, v1.pk, 1, "s0-b"))
+    [straddling] = open_sessions(harness, agent, v2.pk, 1, "s0-live")
+    # Late feedback alone is an outcome too.
+    [late] = open_sessions(harness, agent, v1.pk, 1, "s0-late")
+    end_without_outcome(harness, [late])
+    assert samples(evaluated()) == (2, 1)
+    harness.post(f"{SESSIONS}{late}/feedback/", {"feedback": 0.5}, format="json")
+    body = evaluated()
+    assert (body["state"], body["stage"]) == ("running", 1)
+
+    # Stage 1 starts with no samples: those of stage 0 were drawn at other weights.
+    body = evaluated()
+    assert (body["stage"], samples(body)) == (1, (0, 0))
+    # Started in stage 0, ended in stage 1: it belongs to stage 0.
+    end_sessions(harness, [straddling])
+    end_sessions(harness, open_sessions(harness, agent, v2.pk, 1, "s1-c"))
+    end_sessions(harness, open_sessions(harness, agent, v1.pk, 2, "s1-b"))
+    body = evaluated()
+    assert (body["stage"], samples(body)) == (1, (1, 2))
+    end_sessions(harness, open_sessions(harness, agent, v2.pk, 1, "s1-c2"))
     assert evaluated()["state"] == "promoted"
 
 
@@ -150,6 +206,68 @@ def test_evaluate_holds_until_the_minimum_duration_has_elapsed(agent, v1, v2):
     result = engine.transition(rollout.pk, "evaluate", actor="tester")
     assert (result.state, result.stage) == ("running", 0)
     assert "minimum duration" in result.last_evaluation["reason"]
+
+
+def after(rollout, seconds: float):
+    return rollout.started_at + timedelta(seconds=seconds)
+
+
+def test_time_spent_paused_does_not_count_towards_min_duration(agent, v1, v2):
+    rollout = start_rollout(
+        agent, v2, stages=[{"percent": 5, "min_duration_s": 3600, "min_sessions": 0}, 50, 100]
+    )
+    engine.transition(rollout.pk, "pause", actor="tester", now=after(rollout, 600))
+    engine.transition(rollout.pk, "resume", actor="tester", now=after(rollout, 600 + 7200))
+
+    # 2 h 10 min on the wall clock, but only 20 minutes running: the stage holds.
+    result = engine.transition(rollout.pk, "evaluate", actor="tester", now=after(rollout, 8400))
+    assert (result.state, result.stage) == ("running", 0)
+    assert result.last_evaluation["min_duration"]["elapsed_s"] == pytest.approx(1200)
+    assert "minimum duration" in result.last_evaluation["reason"]
+    # The beat sees the same clock.
+    assert engine.evaluate_open_rollouts(now=after(rollout, 8400))["changed"] == 0
+
+    # An hour of running time in all: now it advances, and the next stage's clock
+    # starts from zero with nothing paused.
+    result = engine.transition(rollout.pk, "evaluate", actor="tester", now=after(rollout, 10800))
+    assert (result.state, result.stage) == ("running", 1)
+    result = engine.transition(rollout.pk, "evaluate", actor="tester", now=after(rollout, 10801))
+    assert result.last_evaluation["min_duration"]["elapsed_s"] == pytest.approx(1)
+
+
+def test_time_spent_paused_does_not_count_towards_max_duration(agent, v1, v2):
+    stages = [
+        {"percent": 5, "min_duration_s": 0, "min_sessions": 1000, "max_duration_s": 900},
+        100,
+    ]
+    rollout = start_rollout(agent, v2, stages=stages)
+    assert engine.stage_deadline(rollout) == after(rollout, 900)
+    engine.transition(rollout.pk, "pause", actor="tester", now=after(rollout, 300))
+    rollout.refresh_from_db()
+    assert engine.stage_deadline(rollout) is None  # no deadline while the clock stands
+    engine.transition(rollout.pk, "resume", actor="tester", now=after(rollout, 300 + 7200))
+    rollout.refresh_from_db()
+    assert engine.stage_deadline(rollout) == after(rollout, 900 + 7200)
+
+    result = engine.transition(rollout.pk, "evaluate", actor="tester", now=after(rollout, 7600))
+    assert result.state == "running"  # 400 s of running time, within 900
+    result = engine.transition(rollout.pk, "evaluate", actor="tester", now=after(rollout, 8101))
+    assert result.state == "halted"
+    assert result.last_evaluation["reason"].startswith("inconclusive")
+
+
+def test_paused_time_counts_again_from_zero_after_a_second_pause(agent, v1, v2):
+    rollout = start_rollout(
+        agent, v2, stages=[{"percent": 5, "min_duration_s": 1000, "min_sessions": 0}, 100]
+    )
+    for pause_at, resume_at in ((100, 1100), (1500, 5000)):
+        engine.transition(rollout.pk, "pause", actor="tester", now=after(rollout, pause_at))
+        engine.transition(rollout.pk, "resume", actor="tester", now=after(rollout, resume_at))
+    # Running: 100 + 400 + 499 = 999 s at 5499, 1000 s at 5500.
+    result = engine.transition(rollout.pk, "evaluate", actor="tester", now=after(rollout, 5499))
+    assert result.state == "running"
+    result = engine.transition(rollout.pk, "evaluate", actor="tester", now=after(rollout, 5500))
+    assert result.state == "promoted"
 
 
 def test_a_critical_gate_that_is_inconclusive_never_lets_the_rollout_advance(agent, v1, v2):
@@ -176,6 +294,35 @@ def test_a_non_critical_gate_does_not_block_advancing(agent, v1, v2):
     )
     result = engine.transition(rollout.pk, "evaluate", actor="tester")
     assert result.state == "promoted"
+
+
+@pytest.mark.parametrize(
+    ("gates", "said"),
+    [
+        pytest.param([], "no gates configured", id="no-gates"),
+        pytest.param(
+            [{"metric": "error_rate", "max_increase": 0.5, "critical": False}],
+            "no critical gates configured",
+            id="only-non-critical",
+        ),
+    ],
+)
+def test_an_advance_with_nothing_to_check_says_so(agent, v1, v2, gates, said):
+    """With no critical gate, "every critical gate passes" is vacuous: the reason names
+    what really happened, in the evaluation, the event and the audit entry."""
+    rollout = start_rollout(
+        agent,
+        v2,
+        stages=[{"percent": 5, "min_duration_s": 0, "min_sessions": 0}, 50, 100],
+        gates=gates,
+    )
+    result = engine.transition(rollout.pk, "evaluate", actor="tester")
+    assert (result.state, result.stage) == ("running", 1)
+    event = result.events.last()
+    entry = AuditEntry.objects.get(action="rollout.auto_advance")
+    for reason in (result.last_evaluation["reason"], event.reason, entry.reason):
+        assert said in reason
+        assert "every critical gate passes" not in reason
 
 
 def test_an_inconclusive_critical_gate_halts_once_the_stage_overstays(agent, v1, v2):
@@ -344,12 +491,78 @@ def test_promotion_makes_the_candidate_stable_and_the_old_stable_drain(harness, 
     assert old.live_at_drain_start == 2
 
 
-def test_a_rollback_of_a_promoted_rollout_is_refused(agent, v1, v2):
-    rollout = start_rollout(agent, v2, stages=[100])
+@pytest.mark.parametrize("promoted_by", ["cutover", "advance", "beat"])
+def test_a_promoted_rollout_can_be_rolled_back_while_its_candidate_is_the_stable(
+    harness, agent, v1, v2, actor, promoted_by
+):
+    stages = [100] if promoted_by == "cutover" else [{"percent": 50, **QUICK}, 100]
+    rollout = start_rollout(agent, v2, stages=stages)
+    if promoted_by == "advance":
+        engine.transition(rollout.pk, "advance", actor="someone")
+    elif promoted_by == "beat":
+        engine.evaluate_open_rollouts()
+    rollout.refresh_from_db()
     assert rollout.state == "promoted"
+    on_v2 = open_sessions(harness, agent, v2.pk, 1, "c")
+    audit_before = AuditEntry.objects.count()
+
+    after = engine.transition(rollout.pk, "rollback", actor=actor, reason="worse answers")
+
+    assert after.state == "rolled_back"
+    assert weights(agent) == {v1.pk: 10000}
+    assert Agent.objects.get(pk=agent.pk).stable_id == v1.pk
+    # The candidate drains; the bad stable is no rollback target any more.
+    assert Lifecycle.objects.get(pk=v2.pk).drain_started_at is not None
+    assert Lifecycle.objects.get(pk=v1.pk).drain_started_at is None
+    assert routing(agent).stable_history == [v1.pk]
+    assert AuditEntry.objects.count() == audit_before + 1
+    entry = AuditEntry.objects.get(action="rollout.rollback")
+    assert (entry.actor, entry.reason) == (actor.username, "worse answers")
+    assert (entry.before["state"], entry.after["state"]) == ("promoted", "rolled_back")
+    assert after.events.last().action == "rollback"
+    assert sessions.heartbeat(SLUG, on_v2[0]).directive == "continue"  # no evacuate
+    with pytest.raises(engine.TransitionError):
+        engine.transition(rollout.pk, "rollback", actor=actor)
+
+
+def test_a_promoted_rollout_is_no_longer_rolled_back_once_a_newer_one_started(
+    agent, v1, v2, make_version
+):
+    first = start_rollout(agent, v2, stages=[100])
+    second = start_rollout(agent, make_version(agent, "v3"))
+    with pytest.raises(engine.TransitionError, match="newer rollout"):
+        engine.transition(first.pk, "rollback", actor="tester")
+    # Rolled back itself, the newer one still leaves its candidate the stable: too late.
+    engine.transition(second.pk, "rollback", actor="tester")
+    with pytest.raises(engine.TransitionError, match="newer rollout"):
+        engine.transition(first.pk, "rollback", actor="tester")
+    assert weights(agent) == {v2.pk: 10000}
+
+
+def test_a_promoted_rollout_is_no_longer_rolled_back_once_the_stable_moved(
+    agent, v1, v2, make_version
+):
+    rollout = start_rollout(agent, v2, stages=[100])
+    v3 = make_version(agent, "v3")
+    engine.set_stable(agent, v3, actor="tester")
     with pytest.raises(engine.TransitionError):
         engine.transition(rollout.pk, "rollback", actor="tester")
-    assert weights(agent) == {v2.pk: 10000}
+    assert weights(agent) == {v3.pk: 10000}
+
+
+def test_every_routing_change_records_its_epoch_actor_kind_and_rollout(agent, v1, v2, actor):
+    rollout = start_rollout(agent, v2, stages=[{"percent": 50, **QUICK}, 60, 100], actor=actor)
+    engine.evaluate_open_rollouts()
+    engine.transition(rollout.pk, "rollback", actor=actor)
+    changes = list(RoutingChange.objects.filter(agent=agent).order_by("epoch"))
+    assert [(c.epoch, c.system, c.rollout_id, c.action) for c in changes] == [
+        (1, False, None, "agent.stable_set"),
+        (2, False, rollout.pk, "rollout.started"),
+        (3, True, rollout.pk, "rollout.auto_advance"),
+        (4, False, rollout.pk, "rollout.rollback"),
+    ]
+    assert [c.actor for c in changes] == ["test", actor.username, "system", actor.username]
+    assert changes[-1].epoch == routing(agent).epoch
 
 
 def test_a_rollback_with_evacuate_tells_the_candidates_sessions_to_drain(harness, agent, v1, v2):

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
-from rollouts import engine
+from rollouts import drain, engine
 from rollouts.models import Session
 
 START = "/api/agents/{slug}/sessions/"
@@ -190,6 +191,58 @@ def test_it_shows_forced_drains(agent, make_version, harness, viewer, actor):
     assert drain["forced"] is True
     assert drain["forced_reason"] == "broken tool"
     assert drain["live_at_start"] == 1
+
+
+class RowsRead:
+    """Rows the database hands back to Python, summed over every statement."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.statements = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            self.statements += 1
+            self.rows += max(context["cursor"].rowcount, 0)
+        return result
+
+
+def test_past_the_survival_sample_the_eta_still_counts_every_live_session(
+    agent, make_version, harness, viewer, actor, monkeypatch
+):
+    """The survival curve reads only the agent's most recent sessions. A long session
+    still live on a draining version started before all of them: it must stay in the
+    estimate (censored at its age) rather than count as ended, and the fleet must not
+    read more rows for having a long history."""
+    monkeypatch.setattr(drain, "SURVIVAL_SAMPLE", 30)
+    v1, v2 = make_version(agent), make_version(agent)
+    engine.set_stable(agent, v1, actor=actor)
+    start(harness, agent, "marathon")
+    now = timezone.now()
+    Session.objects.filter(session_id="marathon").update(started_at=now - timedelta(hours=2))
+    for i in range(80):  # more than the sample, all short and recent
+        sid = f"short-{i}"
+        start(harness, agent, sid)
+        end(harness, agent, sid)
+        began = now - timedelta(seconds=600 - i)
+        Session.objects.filter(session_id=sid).update(
+            started_at=began, ended_at=began + timedelta(seconds=60)
+        )
+    engine.set_stable(agent, v2, actor=actor)
+
+    reads = RowsRead()
+    with connection.execute_wrapper(reads):
+        row = fleet(viewer, agent)[v1.pk]
+
+    assert (row["state"], row["live_sessions"], row["total_sessions"]) == ("draining", 1, 81)
+    # No session this old has ever ended: no estimate from the history, so the drain
+    # policy bounds it (told to drain at max_session_age_s, then drain_grace_s).
+    bound = agent.max_session_age_s - 2 * 3600 + agent.drain_grace_s
+    assert row["drain"]["eta_s"] == pytest.approx(bound, abs=5)
+    # The sample, the live sessions of draining versions and a few rows per version.
+    assert reads.rows <= 30 + 1 + 10
+    assert reads.statements <= 10
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ connection, and a barrier releases them together.
 
 from __future__ import annotations
 
+import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +105,64 @@ def test_the_beat_racing_a_human_rollback_loses(world):
         assert_rolled_back(agent, rollout, v1, v2)
         if beat["changed"]:
             assert rollout.events.filter(action="auto_advance", actor="system").count() == 1
+
+
+PROMOTES_AT_ONCE = engine.validate_stages(
+    [{"percent": 50, "min_duration_s": 0, "min_sessions": 0}, 100]
+)
+
+
+def race_promotion_against(rollback: Callable[[Rollout, int], Any], world) -> Counter[str]:
+    """Start a rollout the beat promotes at its next tick, note the epoch a person sees,
+    then run that tick and the person's ``rollback(rollout, seen_epoch)`` together,
+    ITERATIONS times. Every time, the rollback must win; returns the commit orders."""
+    agent, v1, v2 = world
+    orders: Counter[str] = Counter()
+    # The beat assesses before it locks, so a rollback released at the same instant
+    # nearly always commits first. Holding it back by a random few milliseconds makes
+    # both orders happen, each decided by the database.
+    rng = random.Random(2)
+    for _ in range(ITERATIONS):
+        rollout = engine.start_rollout(
+            agent, candidate=v2, stages=PROMOTES_AT_ONCE, gates=[], actor="starter"
+        )
+        seen = Routing.objects.get(agent=agent).epoch
+        delay = rng.uniform(0, 0.02)
+
+        def person(r: Rollout = rollout, e: int = seen, d: float = delay) -> Any:
+            time.sleep(d)
+            return rollback(r, e)
+
+        beat, rolled_back = run_together(engine.evaluate_open_rollouts, person)
+        assert isinstance(beat, dict), beat
+        assert not isinstance(rolled_back, Exception), rolled_back
+        assert_rolled_back(agent, rollout, v1, v2)
+        actions = list(rollout.events.values_list("action", flat=True))
+        if "auto_advance" in actions:
+            assert actions == ["start", "auto_advance", "rollback"]
+            assert rollout.events.get(action="auto_advance").to_state == "promoted"
+            orders["promotion first"] += 1
+        else:
+            assert actions == ["start", "rollback"]
+            orders["rollback first"] += 1
+        assert Routing.objects.get(agent=agent).stable_history[-1] == v1.pk
+    return orders
+
+
+def test_a_rollout_rollback_racing_its_promotion_always_wins(world):
+    orders = race_promotion_against(
+        lambda rollout, _seen: engine.transition(rollout.pk, "rollback", actor="pager"), world
+    )
+    assert set(orders) == {"promotion first", "rollback first"}, orders
+
+
+def test_an_agent_rollback_with_the_epoch_seen_racing_a_promotion_always_wins(world):
+    agent = world[0]
+    orders = race_promotion_against(
+        lambda _rollout, seen: engine.rollback_agent(agent, actor="pager", expect_epoch=seen),
+        world,
+    )
+    assert set(orders) == {"promotion first", "rollback first"}, orders
 
 
 def test_a_verdict_assessed_before_a_rollback_is_dropped(world, monkeypatch):

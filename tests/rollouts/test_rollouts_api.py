@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from rollouts import engine
 from rollouts.models import Rollout, RolloutEvent, Routing
 from rollouts.routing import Table, bucket
 from versions.models import Agent, AuditEntry
@@ -187,7 +188,8 @@ ALLOWED = {
     "running": {"pause", "advance", "rollback", "evaluate"},
     "paused": {"resume", "advance", "rollback"},
     "halted": {"resume", "advance", "rollback"},
-    "promoted": set(),
+    # Rollback always wins: while the candidate is still the stable.
+    "promoted": {"rollback"},
     "rolled_back": set(),
     "superseded": set(),
 }
@@ -284,6 +286,84 @@ def test_pause_keeps_weights_and_stops_evaluation(release_manager, v1, v2):
     assert act(release_manager, rollout["id"], "evaluate").status_code == 409
     assert act(release_manager, rollout["id"], "resume").json()["state"] == "running"
     assert act(release_manager, rollout["id"], "evaluate").json()["state"] == "promoted"
+
+
+THREE_STAGES = [{"percent": 10, "min_duration_s": 0, "min_sessions": 0}, 50, 100]
+
+
+def test_advance_with_the_stage_seen_moves_one_stage_only(release_manager, v1, v2):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    first = act(release_manager, rollout["id"], "advance", stage=0)
+    second = act(release_manager, rollout["id"], "advance", stage=0)  # the double click
+
+    assert first.status_code == 200, first.content
+    assert first.json()["stage"] == 1
+    assert second.status_code == 409
+    assert "stage" in second.json()["detail"]
+    assert rollout_state(release_manager, rollout["id"])["stage"] == 1
+    assert weights(release_manager) == {v1.pk: 5000, v2.pk: 5000}
+    assert AuditEntry.objects.filter(action="rollout.advance").count() == 1
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "evaluate", "advance"])
+def test_an_action_with_a_stage_the_rollout_has_left_is_a_409(release_manager, v1, v2, action):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    assert engine.evaluate_open_rollouts()["changed"] == 1  # the beat: stage 0 -> 1
+    if action == "resume":
+        act(release_manager, rollout["id"], "pause")
+    before = rollout_state(release_manager, rollout["id"])
+    audit_before = AuditEntry.objects.count()
+
+    response = act(release_manager, rollout["id"], action, stage=0)
+
+    assert response.status_code == 409, response.content
+    assert "stage" in response.json()["detail"]
+    after = rollout_state(release_manager, rollout["id"])
+    assert (after["state"], after["stage"]) == (before["state"], before["stage"])
+    assert AuditEntry.objects.count() == audit_before
+    # At the stage it is at, the same action is fine.
+    assert act(release_manager, rollout["id"], action, stage=1).status_code == 200
+
+
+def test_a_rollback_with_a_stage_only_the_beat_moved_on_from_still_rolls_back(
+    release_manager, v1, v2
+):
+    stages = [
+        {"percent": 10, "min_duration_s": 0, "min_sessions": 0},
+        {"percent": 50, "min_duration_s": 0, "min_sessions": 0},
+        100,
+    ]
+    rollout = start(release_manager, v2, stages=stages).json()
+    engine.evaluate_open_rollouts()
+    engine.evaluate_open_rollouts()
+    assert rollout_state(release_manager, rollout["id"])["state"] == "promoted"
+
+    response = act(release_manager, rollout["id"], "rollback", stage=0, reason="bad at 10%")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "rolled_back"
+    assert weights(release_manager) == {v1.pk: 10000}
+
+
+def test_a_rollback_with_a_stage_a_person_moved_on_from_is_a_409(release_manager, v1, v2):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    engine.evaluate_open_rollouts()  # the beat: 0 -> 1
+    act(release_manager, rollout["id"], "advance", reason="a colleague")  # a person: 1 -> 2
+
+    response = act(release_manager, rollout["id"], "rollback", stage=0)
+
+    assert response.status_code == 409
+    assert rollout_state(release_manager, rollout["id"])["state"] == "promoted"
+    assert act(release_manager, rollout["id"], "rollback", stage=2).status_code == 200
+
+
+@pytest.mark.parametrize("stage", [-1, "one", 1.5, True])
+def test_a_bad_stage_is_a_400(release_manager, v1, v2, stage):
+    rollout = start(release_manager, v2, stages=THREE_STAGES).json()
+    response = act(release_manager, rollout["id"], "advance", stage=stage)
+    assert response.status_code == 400, response.content
+    assert "stage" in response.json()
+    assert rollout_state(release_manager, rollout["id"])["stage"] == 0
 
 
 def test_advance_is_a_human_override_audited_with_actor_and_reason(release_manager, v1, v2):
@@ -578,9 +658,16 @@ def test_agent_rollback_without_a_rollout_goes_back_one_stable_at_a_time(
     assert third.status_code == 409
     assert "detail" in third.json()
     assert weights(release_manager) == {v1.pk: 10000}
-    entry = AuditEntry.objects.filter(action="agent.rollback").order_by("id").first()
-    assert (entry.actor, entry.reason) == (release_manager.user.username, "v3 is bad")
-    assert (entry.before["stable"], entry.after["stable"]) == (v3.pk, v2.pk)
+    # The first rollback undid v3's cutover, still the latest rollout; v2's cutover
+    # was no longer the latest, so the second went back to the previous stable.
+    entries = AuditEntry.objects.filter(action__endswith=".rollback").order_by("id")
+    assert [(e.action, e.actor, e.reason) for e in entries] == [
+        ("rollout.rollback", release_manager.user.username, "v3 is bad"),
+        ("agent.rollback", release_manager.user.username, ""),
+    ]
+    assert (entries[1].before["stable"], entries[1].after["stable"]) == (v2.pk, v1.pk)
+    states = dict(Rollout.objects.values_list("candidate_id", "state"))
+    assert states == {v2.pk: "promoted", v3.pk: "rolled_back"}
 
 
 def test_a_double_clicked_rollback_with_the_epoch_rolls_back_one_step_only(
@@ -597,7 +684,7 @@ def test_a_double_clicked_rollback_with_the_epoch_rolls_back_one_step_only(
     assert second.status_code == 409
     assert f"since epoch {seen}" in second.json()["detail"]
     assert weights(release_manager) == {v2.pk: 10000}
-    assert AuditEntry.objects.filter(action="agent.rollback").count() == 1
+    assert AuditEntry.objects.filter(action__endswith=".rollback").count() == 1
 
 
 def test_a_stale_epoch_also_guards_the_rollback_of_an_open_rollout(release_manager, v1, v2):
@@ -613,6 +700,76 @@ def test_a_stale_epoch_also_guards_the_rollback_of_an_open_rollout(release_manag
 
 def weights_epoch(client) -> int:
     return client.get(ROUTING).json()["epoch"]
+
+
+QUICK_THEN_100 = [{"percent": 50, "min_duration_s": 0, "min_sessions": 0}, {"percent": 100}]
+
+
+def promoted_by_the_beat(client, candidate) -> tuple[int, int]:
+    """A rollout the beat promotes right after a person looked at it: the rollout's id
+    and the routing epoch the person saw."""
+    rollout_id = start(client, candidate, stages=QUICK_THEN_100).json()["id"]
+    seen = weights_epoch(client)
+    assert engine.evaluate_open_rollouts()["changed"] == 1
+    assert rollout_state(client, rollout_id)["state"] == "promoted"
+    return rollout_id, seen
+
+
+def test_a_rollback_clicked_after_the_beat_promoted_still_rolls_back(release_manager, v1, v2):
+    rollout_id, _ = promoted_by_the_beat(release_manager, v2)
+
+    response = act(release_manager, rollout_id, "rollback", reason="saw errors at 50%")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["state"] == "rolled_back"
+    assert body["events"][-1]["actor"] == release_manager.user.username
+    assert weights(release_manager) == {v1.pk: 10000}
+    assert release_manager.get(ROUTING).json()["stable"] == v1.pk
+    assert fleet_row(release_manager, v2.pk)["weight"] == 0
+    entry = AuditEntry.objects.get(action="rollout.rollback")
+    assert (entry.reason, entry.before["state"]) == ("saw errors at 50%", "promoted")
+
+
+def test_an_agent_rollback_with_the_epoch_seen_before_a_promotion_rolls_it_back(
+    release_manager, harness, v1, v2
+):
+    rollout_id, seen = promoted_by_the_beat(release_manager, v2)
+    on_v2 = sessions_on(harness, v2.pk, 1, "c")[0]
+
+    first = post(release_manager, AGENT_ROLLBACK, {"epoch": seen, "evacuate": True})
+    second = post(release_manager, AGENT_ROLLBACK, {"epoch": seen})
+
+    assert first.status_code == 200, first.content
+    assert (first.json()["stable"], first.json()["weights"]) == (v1.pk, {str(v1.pk): 10000})
+    assert rollout_state(release_manager, rollout_id)["state"] == "rolled_back"
+    assert heartbeat(harness, on_v2) == "drain"
+    # The person's own rollback moved the routing: a second click is refused.
+    assert second.status_code == 409
+    assert weights(release_manager) == {v1.pk: 10000}
+    assert AuditEntry.objects.filter(action__endswith=".rollback").count() == 1
+
+
+def test_an_agent_rollback_with_an_epoch_older_than_a_persons_change_is_refused(
+    release_manager, v1, v2
+):
+    rollout_id = start(release_manager, v2, stages=QUICK_THEN_100).json()["id"]
+    seen = weights_epoch(release_manager)
+    act(release_manager, rollout_id, "advance", reason="a colleague promoted it")
+
+    response = post(release_manager, AGENT_ROLLBACK, {"epoch": seen})
+
+    assert response.status_code == 409
+    assert f"since epoch {seen}" in response.json()["detail"]
+    assert rollout_state(release_manager, rollout_id)["state"] == "promoted"
+    assert weights(release_manager) == {v2.pk: 10000}
+
+
+def test_an_agent_rollback_with_an_epoch_from_the_future_is_refused(release_manager, v1, v2):
+    start(release_manager, v2)
+    epoch = weights_epoch(release_manager)
+    assert post(release_manager, AGENT_ROLLBACK, {"epoch": epoch + 5}).status_code == 409
+    assert weights(release_manager) == {v1.pk: 9500, v2.pk: 500}
 
 
 def test_a_bad_gate_among_several_is_reported_at_its_index(release_manager, v1, v2):
