@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('rollouts', '0003_session_epoch'),
+        ('rollouts', '0004_fleet_snapshots'),
         ('versions', '0001_initial'),
     ]
 
