@@ -77,6 +77,10 @@ def database_from_url(name: str, url: str) -> dict:
             "CONN_MAX_AGE": envint("DATABASE_CONN_MAX_AGE", "60"),
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": {
+                # A database that is unreachable (host down, packets dropped) must fail
+                # a request within seconds, as a 503 (controlplane.outage), rather than
+                # hold a web thread until the client gives up.
+                "connect_timeout": envint("DATABASE_CONNECT_TIMEOUT", "3"),
                 # Django's default disables prepared statements; this threshold keeps
                 # automatic preparation off but lets the session hot path prepare its
                 # one statement explicitly (see rollouts.sessions). Behind a pooler
@@ -155,6 +159,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "controlplane.middleware.RequestIdMiddleware",
+    "controlplane.outage.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.middleware.BodySizeLimitMiddleware",
