@@ -292,8 +292,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TIMEZONE = "UTC"
 # Test only (tests/e2e/test_faults.py): rollouts.tasks.apply_transition sleeps this many
-# seconds after its change has committed and before it returns, so that a test can kill
-# the worker inside that window. 0, the default, is off; never set it in production.
+# seconds after its change has committed and before it returns (only when it applied
+# one), so that a test can kill the worker inside that window. 0, the default, is off;
+# never set it in production.
 PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S = envint("PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S", "0")
 PRISM_BEAT_SECONDS = envint("PRISM_BEAT_SECONDS", "5")
 CELERY_BEAT_SCHEDULE = {

@@ -82,6 +82,7 @@ def apply_transition(self: Task, rollout_id: int, action: str, expected_stage: i
         with contextlib.suppress(DatabaseError):
             taskruns.finish(run, TaskRun.Outcome.FAILED, repr(exc))
         raise
-    if settings.PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S:
+    if run.outcome == TaskRun.Outcome.APPLIED and settings.PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S:
+        # The window between the change committing and the message being acknowledged.
         time.sleep(settings.PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S)
     return run.outcome
