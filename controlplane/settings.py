@@ -268,8 +268,9 @@ if CELERY_BROKER_URL == "filesystem://":
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": PRISM_BROKER_VISIBILITY_TIMEOUT_S,
-        # Workers look for messages whose visibility timed out this often, on every
-        # look (kombu's default looks only every tenth time, every 10 s).
+        # How often a worker looks for messages whose visibility timed out: every
+        # quarter of the timeout, at most every 10 s, and each time it looks (kombu's
+        # default scans on every tenth look only, so about every 100 s).
         "unacked_restore_interval": max(1, min(10, PRISM_BROKER_VISIBILITY_TIMEOUT_S // 4)),
         "unacked_restore_throttle": 1,
         # A broker that vanishes without closing the connection must not hang a publish.

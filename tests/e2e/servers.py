@@ -186,29 +186,32 @@ def prism_env(database_url: str, broker_url: str, var: Path, **extra: str) -> di
     return env
 
 
+class Process(subprocess.Popen):
+    """A started Prism process and the file its output goes to."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("a") as out:
+            # Its own process group: a prefork worker or gunicorn is a tree of processes.
+            super().__init__(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+
 class Processes:
-    """Prism processes started by a test, each in its own process group (a prefork
-    worker is a tree), with a log file each, all stopped at the end."""
+    """The Prism processes a test started, each with a log file, all killed at the end."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
-        self.started: list[subprocess.Popen] = []
+        self.started: list[Process] = []
 
-    def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = self.logs / f"{name}.log"
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("a"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        proc.log = log  # type: ignore[attr-defined]
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> Process:
+        proc = Process(command, env, self.logs / f"{name}.log")
         self.started.append(proc)
         return proc
 
-    def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    def kill(self, proc: Process, sig: int = signal.SIGKILL) -> None:
         """Signal the whole group: the process and every child it forked."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
@@ -221,13 +224,10 @@ class Processes:
             self.kill(proc)
 
     def logs_text(self) -> str:
-        return "".join(
-            f"\n--- {proc.log.name}\n{proc.log.read_text()[-4000:]}"  # type: ignore[attr-defined]
-            for proc in self.started
-        )
+        return "".join(f"\n--- {p.log.name}\n{p.log.read_text()[-4000:]}" for p in self.started)
 
 
-def celery_worker(processes: Processes, env: dict[str, str], name: str = "worker"):
+def celery_worker(processes: Processes, env: dict[str, str], name: str = "worker") -> Process:
     """The compose worker (prefork, two pool processes), ready to consume."""
     proc = processes.start(name, [*compose_command("worker"), f"--hostname={name}@%h"], env)
     wait_for(f"{name} to be ready", lambda: "ready." in proc.log.read_text(), 45, proc.log)

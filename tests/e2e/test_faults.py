@@ -176,9 +176,13 @@ class Load:
                 time.sleep(0.05)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _answers(port: int, token: str) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/api/agents/", headers={"Authorization": f"Token {token}"})
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
 
 
 def _expected_version(slug: str, session_id: str, v1: int, v2: int) -> int:
@@ -197,7 +201,9 @@ def test_a_postgres_restart_under_load_answers_503_json_and_loses_no_acknowledge
     command = compose_command("web")
     command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
     web = faults.processes.start("web", command, faults.env())
-    wait_for("gunicorn to listen", lambda: _listening(port), 45, web.log)
+    # Served before the load starts: a request queued while no worker has loaded the
+    # app yet would look like a request the outage hung.
+    wait_for("gunicorn to answer", lambda: _answers(port, seeded["manager_token"]), 60, web.log)
     load = Load(port, seeded["slug"], seeded["harness_token"])
     load.start()
     try:
@@ -229,7 +235,11 @@ def test_a_postgres_restart_under_load_answers_503_json_and_loses_no_acknowledge
 
     answers = load.since(0)
     # No 500, and no request without an answer within the client's 5 s timeout.
-    unexpected = [(a.status, a.body[:300]) for a in answers if a.status not in (200, 201, 503)]
+    unexpected = [
+        (f"{a.at - went_down:+.2f}s from the outage", a.status, a.body[:300])
+        for a in answers
+        if a.status not in (200, 201, 503)
+    ]
     assert not unexpected, f"{unexpected[:5]}{faults.processes.logs_text()}"
     outage = [a for a in answers if a.status == 503]
     assert outage
