@@ -1,4 +1,5 @@
-"""The beat's periodic work. Tasks are thin, idempotent and record ``system`` as actor."""
+"""The beat's periodic work, and rollout transitions run as tasks. Tasks are thin, idempotent
+and record ``system`` as actor."""
 
 from __future__ import annotations
 

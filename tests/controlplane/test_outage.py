@@ -79,7 +79,7 @@ def test_a_drf_view_answers_503_json_then_recovers(agent, release_manager):
     assert release_manager.get("/api/agents/").json()[0]["slug"] == "research"
 
 
-def test_a_write_inside_a_transaction_answers_503(agent, stable, make_version, release_manager):
+def test_a_write_answers_503_and_changes_nothing(agent, stable, make_version, release_manager):
     candidate = make_version(agent, label="v2")
     with database_down():
         response = release_manager.post(
