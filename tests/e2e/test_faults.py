@@ -215,9 +215,13 @@ def test_a_postgres_restart_under_load_answers_503_json_and_loses_no_acknowledge
         )
         went_down = time.monotonic()
         faults.pg.stop("fast")
+        # Down for a second at least, and for ten refusals at least.
         wait_for(
             "503s during the outage",
-            lambda: sum(a.status == 503 for a in load.since(went_down)) >= 10,
+            lambda: (
+                time.monotonic() - went_down >= 1
+                and sum(a.status == 503 for a in load.since(went_down)) >= 10
+            ),
             10,
             web.log,
         )
