@@ -60,3 +60,36 @@ def role_of(user) -> str | None:
         return user.profile.role
     except Profile.DoesNotExist:
         return None
+
+
+class TaskRun(models.Model):
+    """One attempt at a task that changes state: the ledger of what really ran.
+
+    The row is written (and committed) when the attempt starts, so a worker killed in
+    the middle leaves a row without ``finished_at``. The broker then redelivers the
+    message, and the next attempt adds its own row: the rows of one ``task_id`` count
+    the attempts, and ``outcome`` tells which of them changed something.
+    """
+
+    class Outcome(models.TextChoices):
+        APPLIED = "applied"
+        SKIPPED = "skipped", "skipped (already applied, or no longer applicable)"
+        FAILED = "failed"
+
+    task_id = models.CharField(max_length=64, db_index=True)
+    name = models.CharField(max_length=200)
+    args = models.JSONField(default=list)
+    redelivered = models.BooleanField(
+        default=False, help_text="The broker handed this message out before."
+    )
+    worker = models.CharField(max_length=255, help_text="host:pid of the process that ran it")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, blank=True, default="")
+    detail = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.task_id}] at {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -77,6 +77,10 @@ def database_from_url(name: str, url: str) -> dict:
             "CONN_MAX_AGE": envint("DATABASE_CONN_MAX_AGE", "60"),
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": {
+                # A database that is unreachable (host down, packets dropped) must fail
+                # a request within seconds, as a 503 (controlplane.outage), rather than
+                # hold a web thread until the client gives up.
+                "connect_timeout": envint("DATABASE_CONNECT_TIMEOUT", "3"),
                 # Django's default disables prepared statements; this threshold keeps
                 # automatic preparation off but lets the session hot path prepare its
                 # one statement explicitly (see rollouts.sessions). Behind a pooler
@@ -156,6 +160,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "controlplane.middleware.RequestIdMiddleware",
+    "controlplane.outage.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.middleware.BodySizeLimitMiddleware",
@@ -249,6 +254,12 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: a file-based broker under var/ by default, Redis in production.
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", "filesystem://")
+# Redis hands an unacknowledged message to another worker once it has been out this
+# long: the time after which a task whose worker died (SIGKILL, OOM, a lost machine) runs
+# again. It must exceed the longest task; ours take seconds.
+PRISM_BROKER_VISIBILITY_TIMEOUT_S = envint("PRISM_BROKER_VISIBILITY_TIMEOUT_S", "300")
+if PRISM_BROKER_VISIBILITY_TIMEOUT_S < 1:
+    raise ImproperlyConfigured("PRISM_BROKER_VISIBILITY_TIMEOUT_S must be at least 1 second")
 if CELERY_BROKER_URL == "filesystem://":
     _queue_dir = VAR_DIR / "celery"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -257,11 +268,38 @@ if CELERY_BROKER_URL == "filesystem://":
         "processed_folder": str(_queue_dir / "processed"),
         "store_processed": False,
     }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": PRISM_BROKER_VISIBILITY_TIMEOUT_S,
+        # How often a worker looks for messages whose visibility timed out: every
+        # quarter of the timeout, at most every 10 s, and each time it looks (kombu's
+        # default scans on every tenth look only, so about every 100 s).
+        "unacked_restore_interval": max(1, min(10, PRISM_BROKER_VISIBILITY_TIMEOUT_S // 4)),
+        "unacked_restore_throttle": 1,
+        # A broker that vanishes without closing the connection must not hang a publish.
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+    }
 CELERY_TASK_IGNORE_RESULT = True
+# At-least-once: a message is acknowledged when its task has finished, and a task whose
+# pool process died is put back rather than dropped. Tasks are idempotent, so a second
+# run of one that had already applied its change changes nothing.
 CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# When the broker connection drops, the messages of running tasks go back to the queue,
+# so those tasks are cancelled rather than finished twice.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker whose broker went away waits for it as long as it takes (None: forever),
+# instead of exiting after Celery's default of 100 attempts.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TIMEZONE = "UTC"
+# Test only (tests/e2e/test_faults.py): rollouts.tasks.apply_transition sleeps this many
+# seconds after its change has committed and before it returns (only when it applied
+# one), so that a test can kill the worker inside that window. 0, the default, is off;
+# never set it in production.
+PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S = envint("PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S", "0")
 PRISM_BEAT_SECONDS = envint("PRISM_BEAT_SECONDS", "5")
 CELERY_BEAT_SCHEDULE = {
     "enforce-drain-policies": {

@@ -1,12 +1,21 @@
-"""The beat's periodic work. Tasks are thin, idempotent and record ``system`` as actor."""
+"""The beat's periodic work, and rollout transitions run as tasks. Tasks are thin, idempotent
+and record ``system`` as actor."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
+from controlplane import taskruns
+from controlplane.models import TaskRun
 from rollouts import drain, engine, snapshots
+from rollouts.models import Rollout
+from versions.audit import SYSTEM
 from versions.models import Agent
 
 log = logging.getLogger(__name__)
@@ -36,3 +45,50 @@ def record_fleet_snapshots() -> dict[str, int]:
     """This tick's live sessions per version of every agent, then a bounded step of
     thinning old snapshots."""
     return {"agents": snapshots.record(), "deleted": snapshots.downsample()}
+@shared_task(
+    bind=True,
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # A database outage fails the attempt before it changed anything; try again later.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+)
+def apply_transition(self: Task, rollout_id: int, action: str, expected_stage: int) -> str:
+    """Apply ``action`` to a rollout as ``system``, only while it is at ``expected_stage``.
+
+    At least once in, exactly once applied: the broker may run this twice for one message
+    (a worker killed before it acknowledged), and the second run finds the rollout moved
+    on and changes nothing. Each attempt is in the task-run ledger.
+
+    1. Record the attempt (committed at once).
+    2. In one transaction, apply the transition conditionally on the stage, and mark the
+       attempt ``applied``; a rollout that moved on (or is gone) marks it ``skipped``.
+    3. Return the outcome.
+    """
+    run = taskruns.begin(self.request, self.name, [rollout_id, action, expected_stage])
+    try:
+        with transaction.atomic():
+            rollout = engine.transition(
+                rollout_id,
+                action,
+                actor=SYSTEM,
+                reason=f"{action} requested by task {self.request.id}",
+                expect_stage=expected_stage,
+            )
+            taskruns.finish(
+                run, TaskRun.Outcome.APPLIED, f"now {rollout.state} at stage {rollout.stage}"
+            )
+    except (engine.TransitionError, Rollout.DoesNotExist) as exc:
+        taskruns.finish(run, TaskRun.Outcome.SKIPPED, str(exc) or "no such rollout")
+    except Exception as exc:
+        # With the database gone the ledger cannot be written either; the row stays
+        # unfinished, which is the truth, and the original error propagates.
+        with contextlib.suppress(DatabaseError):
+            taskruns.finish(run, TaskRun.Outcome.FAILED, repr(exc))
+        raise
+    if run.outcome == TaskRun.Outcome.APPLIED and settings.PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S:
+        # The window between the change committing and the message being acknowledged.
+        time.sleep(settings.PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S)
+    return run.outcome

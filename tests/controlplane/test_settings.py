@@ -73,7 +73,11 @@ def test_it_parses_a_postgres_url():
     assert db["PASSWORD"] == "s@cret"
     assert db["HOST"] == "db.example.com"
     assert db["PORT"] == "6543"
-    assert db["OPTIONS"] == {"sslmode": "require", "prepare_threshold": 2**31 - 1}
+    assert db["OPTIONS"] == {
+        "sslmode": "require",
+        "prepare_threshold": 2**31 - 1,
+        "connect_timeout": 3,
+    }
 
 
 def test_it_parses_a_postgresql_url_with_a_socket_directory():
