@@ -60,3 +60,13 @@ def role_of(user) -> str | None:
         return user.profile.role
     except Profile.DoesNotExist:
         return None
+
+
+class BeatTick(models.Model):
+    """The last time the beat's tick task ran: one row, moved forward only."""
+
+    name = models.CharField(max_length=32, primary_key=True, default="beat")
+    at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} ticked at {self.at.isoformat()}"

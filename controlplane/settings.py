@@ -260,6 +260,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 PRISM_BEAT_SECONDS = envint("PRISM_BEAT_SECONDS", "5")
+# GET /api/health/ answers 503 once the beat's last tick is older than this.
+PRISM_BEAT_LATE_S = envint("PRISM_BEAT_LATE_S", str(3 * PRISM_BEAT_SECONDS))
+PRISM_SOURCE_POLL_SECONDS = envint("PRISM_SOURCE_POLL_SECONDS", "30")
+# A pin id is counted into the metric rollups once it has been visible this long, so an
+# insert that took a lower id and committed later is not skipped.
+PRISM_PIN_SETTLE_S = envint("PRISM_PIN_SETTLE_S", "10")
+# What metrics reads sessions through (metrics.feed): rollouts sits above metrics.
+PRISM_SESSION_FEED = "rollouts.feed"
 CELERY_BEAT_SCHEDULE = {
     "enforce-drain-policies": {
         "task": "rollouts.tasks.enforce_drain_policies",
@@ -268,6 +276,21 @@ CELERY_BEAT_SCHEDULE = {
     "evaluate-rollouts": {
         "task": "rollouts.tasks.evaluate_rollouts",
         "schedule": float(PRISM_BEAT_SECONDS),
+    },
+    "beat-tick": {
+        "task": "controlplane.tasks.beat_tick",
+        "schedule": float(PRISM_BEAT_SECONDS),
+        "options": {"expires": float(PRISM_BEAT_SECONDS)},
+    },
+    "count-assignments": {
+        "task": "metrics.tasks.count_assignments",
+        "schedule": float(PRISM_BEAT_SECONDS),
+        "options": {"expires": float(PRISM_BEAT_SECONDS)},
+    },
+    "poll-metric-sources": {
+        "task": "metrics.tasks.poll_sources",
+        "schedule": float(PRISM_SOURCE_POLL_SECONDS),
+        "options": {"expires": float(PRISM_SOURCE_POLL_SECONDS)},
     },
 }
 
