@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
+from controlplane.health import HealthView
 from controlplane.schema import DocsView
 from versions import api as versions_api
 
@@ -16,6 +17,8 @@ api = [
     path("versions/<int:pk>/diff/", versions_api.VersionDiff.as_view(), name="version-diff"),
     path("audit/", versions_api.AuditList.as_view(), name="audit-list"),
     path("", include("rollouts.urls")),
+    path("", include("metrics.urls")),
+    path("health/", HealthView.as_view(), name="health"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", DocsView.as_view(url_name="schema"), name="docs"),
 ]

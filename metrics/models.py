@@ -115,7 +115,9 @@ class MetricSource(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
-    # Polling state, written by the beat only.
+    # Polling state, written by the beat only. A poll holds a lease until it is done (or
+    # the lease runs out), so two beats or workers never poll one source at once.
+    poll_lease_until = models.DateTimeField(null=True, blank=True)
     cursor = models.TextField(blank=True, default="", help_text="http_json: the next cursor")
     last_polled_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
