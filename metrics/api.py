@@ -1,4 +1,4 @@
-"""REST API for metric sources (DESIGN §9): release managers configure, viewers read, and
+"""REST API for metric sources: release managers configure, viewers read, and
 harnesses have no business here. Every change is audited in its own transaction."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-session outcomes, the metric rollups kept from them, and metric sources (DESIGN §7)."""
+"""Per-session outcomes, the metric rollups kept from them, and metric sources."""
 
 from __future__ import annotations
 

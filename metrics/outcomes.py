@@ -1,4 +1,4 @@
-"""Recording session outcomes, the samples every metric is computed from (DESIGN §7)."""
+"""Recording session outcomes, the samples every metric is computed from."""
 
 from __future__ import annotations
 

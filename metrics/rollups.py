@@ -1,4 +1,4 @@
-"""Metric rollups: what gates and charts read instead of the sessions (DESIGN §7).
+"""Metric rollups: what gates and charts read instead of the sessions.
 
 Every ended session adds its outcome to rows keyed by (version, routing epoch, metric).
 The epoch is the one the session's pin was computed from, and every routing change moves

@@ -1,4 +1,4 @@
-"""Metric sources: where the beat polls an agent's metrics (DESIGN §7).
+"""Metric sources: where the beat polls an agent's metrics.
 
 Two kinds, one module each: ``http_json`` (the agent platform's export of per-session
 outcomes, recorded exactly like the API's end) and ``prometheus`` (counters per version
