@@ -127,9 +127,9 @@ class HealthView(APIView):
             200: inline_serializer(
                 "Health",
                 {
-                    "status": serializers.ChoiceField([OK, ERROR]),
-                    "database": serializers.ChoiceField([OK, ERROR]),
-                    "broker": serializers.ChoiceField([OK, ERROR]),
+                    "status": serializers.CharField(help_text='"ok" or "error"'),
+                    "database": serializers.CharField(help_text='"ok" or "error"'),
+                    "broker": serializers.CharField(help_text='"ok" or "error"'),
                     "beat": inline_serializer(
                         "BeatHealth",
                         {

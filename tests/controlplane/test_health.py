@@ -70,6 +70,13 @@ def test_it_is_503_when_the_beat_is_late_by_more_than_the_limit(anonymous, setti
     assert anonymous.get(URL).status_code == 200
 
 
+def test_the_schema_describes_health(anonymous):
+    schema = anonymous.get("/api/schema/?format=json").json()
+    answers = schema["paths"]["/api/health/"]["get"]["responses"]
+    assert {"200", "503"} <= set(answers)
+    assert schema["paths"]["/api/health/"]["get"]["security"] == [{}]
+
+
 def test_the_tick_only_moves_forward():
     now = timezone.now()
     health.record_tick(now)
