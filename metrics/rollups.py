@@ -133,7 +133,8 @@ def _upsert(deltas: Mapping[_Key, _Delta]) -> None:
             n = {table}.n + excluded.n,
             total = {table}.total + excluded.total,
             total_sq = {table}.total_sq + excluded.total_sq,
-            sketch = metrics_sketch_merge({table}.sketch, excluded.sketch)
+            sketch = CASE WHEN excluded.sketch IS NULL THEN {table}.sketch
+                          ELSE metrics_sketch_merge({table}.sketch, excluded.sketch) END
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -9,6 +9,7 @@ return is compared with what the rows say.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import defaultdict
@@ -309,3 +310,20 @@ def test_concurrent_ends_lose_no_update(agent, make_version):
     expected, with_outcome, _ = brute_force([v1.pk])
     assert_same(rollups.summaries([v1.pk]), expected)
     assert with_outcome == rollups.with_outcome_counts([v1.pk])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_database_merges_sketches_like_python(seed):
+    rng = random.Random(seed)
+    a = Sketch.of(rng.lognormvariate(5, 2) for _ in range(rng.randint(0, 300)))
+    b = Sketch.of([0.0] * rng.randint(0, 3) + [rng.uniform(0, 1e4) for _ in range(200)])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT metrics_sketch_merge(%s::jsonb, %s::jsonb),"
+            " metrics_sketch_merge(NULL, %s::jsonb)",
+            [json.dumps(a.to_json()), json.dumps(b.to_json()), json.dumps(b.to_json())],
+        )
+        merged, only_b = cursor.fetchone()
+    as_sketch = Sketch.from_json(merged if isinstance(merged, dict) else json.loads(merged))
+    assert as_sketch == a.merge(b)
+    assert Sketch.from_json(only_b if isinstance(only_b, dict) else json.loads(only_b)) == b
