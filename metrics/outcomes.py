@@ -106,7 +106,7 @@ def record_outcome(
     values = {field: outcome.get(field) for field in OUTCOME_FIELDS if field in outcome}
     if values.get("feedback") is not None:
         values["feedback_at"] = ended_at
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         row, created = _locked_row(
             agent_id,
             session_id,
@@ -163,7 +163,7 @@ def record_feedback(
        the old value (or none) to the new one.
     """
     now = timezone.now()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         row, created = _locked_row(
             agent_id,
             session_id,
