@@ -227,8 +227,9 @@ def count_assignments(*, now: datetime | None = None, settle_s: float | None = N
 
     1. Lock the cursor row, skipping if another beat or worker holds it (it is counting).
     2. If the mark (the highest pin id seen at ``mark_at``) is older than ``settle_s``,
-       every insert that had taken an id up to it has long committed: count the pins
-       after the position up to the mark, per (version, epoch), and move the position.
+       every insert that had taken an id up to it has committed by now, unless its
+       statement ran for longer than that: count the pins after the position up to
+       the mark, per (version, epoch), and move the position.
     3. Once the position reaches the mark, take a new mark.
 
     The counts and the cursor commit together, so a retried or duplicated task never
