@@ -93,3 +93,13 @@ class TaskRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}[{self.task_id}] at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class BeatTick(models.Model):
+    """The last time the beat's tick task ran: one row, moved forward only."""
+
+    name = models.CharField(max_length=32, primary_key=True, default="beat")
+    at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} ticked at {self.at.isoformat()}"

@@ -301,6 +301,14 @@ CELERY_TIMEZONE = "UTC"
 # never set it in production.
 PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S = envint("PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S", "0")
 PRISM_BEAT_SECONDS = envint("PRISM_BEAT_SECONDS", "5")
+# GET /api/health/ answers 503 once the beat's last tick is older than this.
+PRISM_BEAT_LATE_S = envint("PRISM_BEAT_LATE_S", str(3 * PRISM_BEAT_SECONDS))
+PRISM_SOURCE_POLL_SECONDS = envint("PRISM_SOURCE_POLL_SECONDS", "30")
+# A pin id is counted into the metric rollups once it has been visible this long, so an
+# insert that took a lower id and committed later is not skipped.
+PRISM_PIN_SETTLE_S = envint("PRISM_PIN_SETTLE_S", "10")
+# What metrics reads sessions through (metrics.feed): rollouts sits above metrics.
+PRISM_SESSION_FEED = "rollouts.feed"
 CELERY_BEAT_SCHEDULE = {
     "enforce-drain-policies": {
         "task": "rollouts.tasks.enforce_drain_policies",
@@ -313,6 +321,22 @@ CELERY_BEAT_SCHEDULE = {
     "record-fleet-snapshots": {
         "task": "rollouts.tasks.record_fleet_snapshots",
         "schedule": float(PRISM_BEAT_SECONDS),
+        "options": {"expires": float(PRISM_BEAT_SECONDS)},
+    },
+    "beat-tick": {
+        "task": "controlplane.tasks.beat_tick",
+        "schedule": float(PRISM_BEAT_SECONDS),
+        "options": {"expires": float(PRISM_BEAT_SECONDS)},
+    },
+    "count-assignments": {
+        "task": "metrics.tasks.count_assignments",
+        "schedule": float(PRISM_BEAT_SECONDS),
+        "options": {"expires": float(PRISM_BEAT_SECONDS)},
+    },
+    "poll-metric-sources": {
+        "task": "metrics.tasks.poll_sources",
+        "schedule": float(PRISM_SOURCE_POLL_SECONDS),
+        "options": {"expires": float(PRISM_SOURCE_POLL_SECONDS)},
     },
 }
 

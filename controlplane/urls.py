@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from controlplane.health import HealthView
 from controlplane.schema import DocsView
 from versions import api as versions_api
 
@@ -15,6 +16,8 @@ api = [
     path("versions/<int:pk>/diff/", versions_api.VersionDiff.as_view(), name="version-diff"),
     path("audit/", versions_api.AuditList.as_view(), name="audit-list"),
     path("", include("rollouts.urls")),
+    path("", include("metrics.urls")),
+    path("health/", HealthView.as_view(), name="health"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", DocsView.as_view(url_name="schema"), name="docs"),
 ]

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from metrics import rollups
 from rollouts.models import Lifecycle, Routing, Session, SessionState
 from rollouts.survival import SurvivalCurve, drain_eta, kaplan_meier, policy_drain_bound
 from versions.audit import SYSTEM, record
@@ -94,6 +95,14 @@ def _end_sessions(
         batch = list(live.values_list("pk", "session_id")[:5000])
         if not batch:
             return 0
+        rollups.sessions_ended(
+            state,
+            list(
+                live.filter(pk__in=[pk for pk, _ in batch])
+                .select_for_update()
+                .values_list("version_id", "epoch", "session_id")
+            ),
+        )
         count = live.filter(pk__in=[pk for pk, _ in batch]).update(
             state=state, ended_at=now, end_reason=end_reason
         )

@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
-from metrics import outcomes
+from metrics import outcomes, rollups
 from rollouts import routing as routing_mod
 from rollouts.drain import mark_drained_if_empty, revive
 from rollouts.models import Routing, Session, SessionState
@@ -158,6 +158,14 @@ def _apply_verdict(
                 end_reason="terminated by a forced drain" if forced else "drain grace elapsed",
             )
             if updated:
+                rollups.sessions_ended(
+                    SessionState.EXPIRED,
+                    list(
+                        Session.objects.filter(pk=session.pk).values_list(
+                            "version_id", "epoch", "session_id"
+                        )
+                    ),
+                )
                 session.state = SessionState.EXPIRED
                 record(
                     "session.expired",
@@ -571,6 +579,9 @@ def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, b
         session = _find_session(slug, session_id, lock=True)
         if session.state == SessionState.ENDED:
             return session, False
+        rollups.session_ending(
+            session.version_id, session.epoch, session.session_id, session.state, outcome
+        )
         if session.state in (SessionState.LIVE, SessionState.ABANDONED):
             Session.objects.filter(pk=session.pk).update(
                 state=SessionState.ENDED, ended_at=now, end_reason="ended by harness"
@@ -586,6 +597,7 @@ def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, b
             started_at=session.started_at,
             ended_at=session.ended_at or now,
             outcome=outcome,
+            epoch=session.epoch,
         )
     routing = getattr(session.agent, "routing", None)
     if routing is not None and routing.weight_of(session.version_id) == 0:
@@ -603,5 +615,6 @@ def feedback(slug: str, session_id: str, value: float) -> Session:
             session_id=session.session_id,
             started_at=session.started_at,
             feedback=value,
+            epoch=session.epoch,
         )
     return session

@@ -1,0 +1,119 @@
+"""Small real HTTP servers the source tests start: a fake agent platform's outcome
+export (it speaks real HTTP; only the platform behind it is pretend), and an exporter of
+counters in Prometheus' text format for a real Prometheus to scrape."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class Server:
+    """A ThreadingHTTPServer on a free port, in a daemon thread, stopped by ``close``."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self  # type: ignore[attr-defined]
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ExportHandler(_Quiet):
+    def do_GET(self) -> None:
+        export: FakeExport = self.server.owner  # type: ignore[attr-defined]
+        query = parse_qs(urlsplit(self.path).query)
+        cursor = query.get("cursor", [None])[0]
+        with export.lock:
+            export.requests.append(self.path)
+            mode = export.mode
+        if mode == "slow":
+            time.sleep(export.delay)
+        if mode == "500" or cursor in export.fail_at:
+            self._send(500, b'{"error": "the export is down"}')
+            return
+        if mode == "garbage":
+            self._send(200, b"<html>not json</html>")
+            return
+        outcomes, next_cursor = export.pages.get(cursor, ([], cursor))
+        body = {"outcomes": outcomes}
+        if next_cursor is not None:
+            body["next_cursor"] = next_cursor
+        self._send(200, json.dumps(body).encode())
+
+    def _send(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class FakeExport(Server):
+    """``pages`` maps a cursor (None for the first request) to (outcomes, next cursor)."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str | None, tuple[list[dict], str | None]] = {}
+        self.requests: list[str] = []
+        self.mode = "ok"
+        self.delay = 0.0
+        self.fail_at: set[str] = set()  # cursors whose page answers 500
+        self.lock = threading.Lock()
+        super().__init__(ExportHandler)
+
+
+class ExporterHandler(_Quiet):
+    def do_GET(self) -> None:
+        exporter: Exporter = self.server.owner  # type: ignore[attr-defined]
+        with exporter.lock:
+            lines = []
+            for name in sorted({name for name, _ in exporter.counters}):
+                lines.append(f"# TYPE {name} counter")
+                for (metric, labels), value in sorted(exporter.counters.items()):
+                    if metric == name:
+                        rendered = ",".join(f'{k}="{v}"' for k, v in labels)
+                        lines.append(f"{name}{{{rendered}}} {value}")
+        body = ("\n".join(lines) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Exporter(Server):
+    """Counters in Prometheus' text exposition format, set by the test."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.lock = threading.Lock()
+        super().__init__(ExporterHandler)
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        with self.lock:
+            self.counters[(name, tuple(sorted(labels.items())))] = value
