@@ -379,3 +379,22 @@ def test_an_outcome_field_outside_its_wrapper_is_400_and_the_session_lives(api_w
     assert response.json() == {key: [hint] for key in body if key != "outcome"}
     assert Session.objects.get(session_id=session_id).state == "live"
     assert not Outcome.objects.filter(session_id=session_id).exists()
+
+
+# --- numbers beyond any clock --------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="the rollout is created, then its answer fails (500)")
+@pytest.mark.parametrize("key", ["min_duration_s", "max_duration_s"])
+def test_a_stage_duration_beyond_any_clock_is_400_and_starts_nothing(api_world, db, key):
+    stage = {"percent": 10, "min_duration_s": 1, key: 10**15}
+    body = {**_rollout(api_world), "stages": [stage, {"percent": 100}]}
+    before = snapshot()
+
+    response = send(
+        api_world, "POST", "/api/agents/{slug}/rollouts/", Role.RELEASE_MANAGER, json.dumps(body)
+    )
+
+    assert response.status_code == 400, response.content[:300]
+    assert "stages" in response.json()
+    assert snapshot() == before
