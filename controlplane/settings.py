@@ -238,6 +238,14 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several answers have a "state"; each kind of state gets its own, named enum.
+    "ENUM_NAME_OVERRIDES": {
+        "SessionStateEnum": "rollouts.models.SessionState",
+        "RolloutStateEnum": "rollouts.models.RolloutState",
+        "VersionStateEnum": ["inactive", "active", "draining", "drained"],
+        "LayerEnum": ["code", "model", "prompts", "tools"],
+        "PromptPartStatusEnum": ["added", "removed", "unchanged", "modified"],
+    },
     # Swagger UI's assets come from the sidecar package: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

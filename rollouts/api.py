@@ -10,7 +10,13 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
@@ -34,6 +40,7 @@ def _agent(slug: str) -> Agent:
     return get_object_or_404(Agent, slug=slug)
 
 
+@extend_schema_field(OpenApiTypes.INT)
 class VersionRef(serializers.Field):
     """A version of the agent in the serializer's context, given by its id."""
 

@@ -20,7 +20,7 @@ CONTRACT_PATHS = {
     "/api/audit/": ({"get"}, {"post"}),
 }
 # Modules whose endpoints must describe themselves without warnings.
-FOUNDATION = ("versions/", "controlplane/")
+FOUNDATION = ("versions/", "controlplane/", "rollouts/")
 VERBS = {"get", "post", "put", "patch", "delete"}
 
 
