@@ -1,4 +1,4 @@
-"""REST API for routing, sessions, rollouts and the fleet (DESIGN §9)."""
+"""REST API for routing, sessions, rollouts and the fleet (the README's API section)."""
 
 from __future__ import annotations
 

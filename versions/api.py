@@ -1,4 +1,4 @@
-"""REST API for agents, versions, diffs and the audit log (DESIGN §9)."""
+"""REST API for agents, versions, diffs and the audit log (the README's API section)."""
 
 from __future__ import annotations
 
