@@ -4,6 +4,7 @@ serializers and fields, the error handler."""
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,8 +93,8 @@ def _pointer(path: tuple) -> str:
 def unstorable(data: Any) -> dict[str, list[str]]:
     """What in a parsed JSON document cannot be stored, as DRF field errors.
 
-    1. Walk the document iteratively (its depth is already bounded), checking every
-       key and every string for NUL and lone surrogates, and every float for infinity.
+    1. Walk the document breadth-first, without recursion, checking every key and
+       every string for NUL and lone surrogates, and every float for infinity.
     2. File each problem under the top-level field it is in, so the answer reads like
        any other field error; a bad top-level key, or a body that is not an object,
        goes under ``non_field_errors``.
@@ -111,9 +112,9 @@ def unstorable(data: Any) -> dict[str, list[str]]:
             key = api_settings.NON_FIELD_ERRORS_KEY if field is None else field
             errors.setdefault(key, []).append(message)
 
-    stack: list[tuple[Any, tuple]] = [(data, ())]
-    while stack and count < _MAX_PROBLEMS:
-        item, path = stack.pop()
+    pending: deque[tuple[Any, tuple]] = deque([(data, ())])
+    while pending and count < _MAX_PROBLEMS:
+        item, path = pending.popleft()
         if isinstance(item, dict):
             for key, value in item.items():
                 problem = _text_problem(key)
@@ -121,9 +122,9 @@ def unstorable(data: Any) -> dict[str, list[str]]:
                     where = _pointer(path) or "the body"
                     add(path, f"A key in {where} {problem}.")
                 else:
-                    stack.append((value, (*path, key)))
+                    pending.append((value, (*path, key)))
         elif isinstance(item, list):
-            stack.extend((value, (*path, index)) for index, value in enumerate(item))
+            pending.extend((value, (*path, index)) for index, value in enumerate(item))
         elif isinstance(item, str):
             problem = _text_problem(item)
             if problem:

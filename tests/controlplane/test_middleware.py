@@ -268,3 +268,16 @@ def test_a_client_following_the_redirect_posts_its_body_to_the_right_place(api_w
     assert response.status_code == 200, response.content
     assert response.redirect_chain == [(f"/api/agents/edges/sessions/{session}/end/", 308)]
     assert Outcome.objects.get(session_id=session).success is True
+
+
+def test_with_debug_on_the_api_still_answers_json_and_308(api_world, db, settings):
+    """Django's DEBUG pages are HTML, and its slash redirect raises for a POST."""
+    settings.DEBUG = True
+    client = client_for(api_world, Role.HARNESS)
+
+    missing = client.get("/api/nothing/")
+    unslashed = client.post(f"/api/agents/edges/sessions/{api_world['session_id']}/heartbeat")
+
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Not found."})
+    assert unslashed.status_code == 308
+    assert unslashed["Location"].endswith("/heartbeat/")
