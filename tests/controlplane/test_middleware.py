@@ -171,6 +171,29 @@ def test_the_reported_session_paths_are_404(api_world, db, action):
     assert "NUL" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/audit/?agent=%ED%A0%80"),
+        ("GET", "/api/audit/?action=%ED%A0%80&agent=edges"),
+        ("GET", "/api/audit/?agent=%FF%FE"),
+        ("POST", "/api/agents/edges/sessions/a%ED%A0%80b/heartbeat/"),
+        ("POST", "/api/agents/edges/sessions/%FF/end/"),
+    ],
+)
+def test_a_surrogate_or_broken_utf8_in_a_path_or_query_is_a_plain_miss(api_world, db, method, path):
+    """Django re-quotes undecodable path bytes and replaces them in a query string, so
+    no lone surrogate reaches PostgreSQL from either: the answer is an ordinary miss."""
+    client = client_for(api_world, Role.RELEASE_MANAGER)
+    before = snapshot()
+
+    response = request(client, method, path)
+
+    assert response.status_code in (200, 404), response.content
+    assert response["Content-Type"] == "application/json"
+    assert snapshot() == before
+
+
 # --- JSON errors under /api/ -----------------------------------------------------------
 
 UNKNOWN_API_PATHS = [
