@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
@@ -128,13 +130,51 @@ def sqlite_database(path: str) -> dict:
     }
 
 
+def generated_secret_key(var_dir: Path, wait_s: float = 5.0) -> str:
+    """The install's own key, in ``var_dir/secret_key``, made on its first start.
+
+    1. Create the file exclusively (``O_CREAT | O_EXCL``, mode 0600): of several
+       processes starting at once (web workers, the worker, the beat) exactly one
+       succeeds, and it writes a fresh key and a newline in one ``write``.
+    2. Every other process reads the file, waiting for the winner's line to be whole.
+    3. A file still without a whole line after ``wait_s`` (a start that died between
+       creating and writing it) stops start-up, naming the file.
+    """
+    var_dir.mkdir(parents=True, exist_ok=True)
+    path = var_dir / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        key = secrets.token_urlsafe(64)
+        try:
+            os.write(fd, f"{key}\n".encode())
+        finally:
+            os.close(fd)
+        return key
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = path.read_text()
+        if text.endswith("\n") and text.strip():
+            return text.strip()
+        if time.monotonic() >= deadline:
+            raise ImproperlyConfigured(
+                f"{path} holds no whole secret key (did a first start die writing it?): "
+                "delete the file to make a new key, or set SECRET_KEY"
+            )
+        time.sleep(0.05)
+
+
 DEBUG = envbool("DEBUG", "false")
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
+    # Production (PostgreSQL, DEBUG off) runs on many machines, which must share one key
+    # that an operator chose: a key generated on one of them would be that machine's.
     if not DEBUG and os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise ImproperlyConfigured("SECRET_KEY must be set when running against PostgreSQL")
-    # Embedded default: a stable per-checkout key, so sessions survive restarts.
-    SECRET_KEY = "prism-embedded-insecure-key-change-me-for-production-0123456789"
+    # Otherwise a key of this install's own, kept under var/ so sessions survive restarts.
+    SECRET_KEY = generated_secret_key(VAR_DIR)
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
@@ -160,12 +200,14 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "controlplane.middleware.RequestIdMiddleware",
+    "controlplane.middleware.ApiErrorsAsJsonMiddleware",
     "controlplane.outage.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "controlplane.middleware.UnstorableInputMiddleware",
     "controlplane.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    "controlplane.middleware.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -244,6 +286,14 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several answers have a "state"; each kind of state gets its own, named enum.
+    "ENUM_NAME_OVERRIDES": {
+        "SessionStateEnum": "rollouts.models.SessionState",
+        "RolloutStateEnum": "rollouts.models.RolloutState",
+        "VersionStateEnum": ["inactive", "active", "draining", "drained"],
+        "LayerEnum": ["code", "model", "prompts", "tools"],
+        "PromptPartStatusEnum": ["added", "removed", "unchanged", "modified"],
+    },
     # Swagger UI's assets come from the sidecar package: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -342,7 +392,13 @@ CELERY_BEAT_SCHEDULE = {
 
 # Production hardening; `manage.py check --deploy` passes with DEBUG off.
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "false")
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Only a proxy that sets X-Forwarded-Proto itself (dropping the client's) may be
+# believed: trusted unasked, the header lets any client claim its request was HTTPS.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https")
+    if envbool("PRISM_TRUST_X_FORWARDED_PROTO", "false")
+    else None
+)
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", "false")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "0")

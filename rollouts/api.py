@@ -1,27 +1,35 @@
-"""REST API for routing, sessions, rollouts and the fleet (DESIGN §9)."""
+"""REST API for routing, sessions, rollouts and the fleet (the README's API section)."""
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.api import Conflict
+from controlplane.api import Conflict, StrictBooleanField, StrictFloatField, StrictSerializer
 from controlplane.models import Role, hash_key
 from metrics.gates import GateError, validate_gates
 from rollouts import drain, engine, sessions
-from rollouts.models import Rollout, Routing
+from rollouts.models import Rollout, Routing, SessionState
 from rollouts.routing import etag
+from versions.api import VersionSerializer
 from versions.models import Agent, Version
 
 HARNESS_AND_MANAGER = frozenset({Role.HARNESS, Role.RELEASE_MANAGER})
@@ -32,20 +40,115 @@ def _agent(slug: str) -> Agent:
     return get_object_or_404(Agent, slug=slug)
 
 
-def _version_of(agent: Agent, value: Any, field: str) -> Version:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError({field: ["A version id (integer) is required."]})
-    version = Version.objects.filter(pk=value).first()
-    if version is None:
-        raise ValidationError({field: [f"Version {value} does not exist."]})
-    if version.agent_id != agent.pk:
-        raise ValidationError({field: [f"Version {value} belongs to another agent."]})
-    return version
+@extend_schema_field(OpenApiTypes.INT)
+class VersionRef(serializers.Field):
+    """A version of the agent in the serializer's context, given by its id."""
+
+    default_error_messages = {
+        "invalid": "A version id (integer) is required.",
+        "missing": "Version {value} does not exist.",
+        "elsewhere": "Version {value} belongs to another agent.",
+    }
+
+    def to_internal_value(self, data: Any) -> Version:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        version = Version.objects.filter(pk=data).first()
+        if version is None:
+            self.fail("missing", value=data)
+        if version.agent_id != self.context["agent"].pk:
+            self.fail("elsewhere", value=data)
+        return version
+
+    def to_representation(self, value: Version) -> int:
+        return value.pk
 
 
-class ReasonSerializer(serializers.Serializer):
+class ReasonSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    evacuate = serializers.BooleanField(required=False, default=False)
+    evacuate = StrictBooleanField(required=False, default=False)
+
+
+# --- answers, typed for the schema ------------------------------------------------------
+
+
+class AssignmentRuleSerializer(serializers.Serializer):
+    bucket = serializers.CharField(help_text="How a session id becomes a bucket in [0, 10000).")
+    order = serializers.CharField(help_text="How buckets map to versions.")
+
+
+class RoutingSerializer(serializers.Serializer):
+    agent = serializers.CharField()
+    epoch = serializers.IntegerField(help_text="Increments on every routing change.")
+    stable = serializers.IntegerField(allow_null=True, help_text="The stable version's id.")
+    weights = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=10000),
+        help_text="Basis points by version id; they sum to 10000 (empty with no stable).",
+    )
+    assignment = AssignmentRuleSerializer()
+
+
+class DrainSerializer(serializers.Serializer):
+    """Null fields while the version is not draining."""
+
+    started_at = serializers.DateTimeField(allow_null=True)
+    live_at_start = serializers.IntegerField(allow_null=True)
+    progress = serializers.FloatField(allow_null=True, min_value=0, max_value=1)
+    eta_s = serializers.FloatField(allow_null=True, help_text="Seconds until drained.")
+    forced = serializers.BooleanField()
+    forced_reason = serializers.CharField(allow_blank=True)
+    drained_at = serializers.DateTimeField(allow_null=True)
+
+
+class FleetVersionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    label = serializers.CharField(allow_null=True)
+    fingerprint = serializers.CharField()
+    state = serializers.ChoiceField(
+        choices=[drain.INACTIVE, drain.ACTIVE, drain.DRAINING, drain.DRAINED]
+    )
+    weight = serializers.IntegerField(help_text="Basis points of new sessions.")
+    live_sessions = serializers.IntegerField()
+    total_sessions = serializers.IntegerField()
+    drain = DrainSerializer()
+
+
+class FleetSerializer(serializers.Serializer):
+    agent = serializers.CharField()
+    stable = serializers.IntegerField(allow_null=True)
+    versions = FleetVersionSerializer(many=True)
+
+
+DIRECTIVES = [sessions.CONTINUE, sessions.DRAIN, sessions.TERMINATE]
+
+
+class SessionStartAnswer(serializers.Serializer):
+    session_id = serializers.CharField()
+    version = VersionSerializer(help_text="The whole tuple the session is pinned to.")
+    directive = serializers.ChoiceField(choices=DIRECTIVES)
+    state = serializers.ChoiceField(choices=SessionState.choices)
+    started_at = serializers.DateTimeField()
+
+
+class HeartbeatAnswer(serializers.Serializer):
+    directive = serializers.ChoiceField(
+        choices=DIRECTIVES,
+        help_text="continue; drain: finish the step, checkpoint, end; terminate: stop now.",
+    )
+    state = serializers.ChoiceField(choices=SessionState.choices)
+    version = serializers.IntegerField(help_text="The version the session is pinned to.")
+
+
+class EndAnswer(serializers.Serializer):
+    session_id = serializers.CharField()
+    state = serializers.ChoiceField(choices=SessionState.choices)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    already_ended = serializers.BooleanField(help_text="True: an earlier end stands.")
+
+
+class FeedbackAnswer(serializers.Serializer):
+    session_id = serializers.CharField()
+    feedback = serializers.FloatField(min_value=-1, max_value=1)
 
 
 def routing_payload(agent: Agent, routing: Routing | None) -> dict[str, Any]:
@@ -67,7 +170,12 @@ def routing_payload(agent: Agent, routing: Routing | None) -> dict[str, Any]:
 class RoutingView(APIView):
     read_roles = EVERYONE
 
-    @extend_schema(responses={200: dict, 304: None})
+    @extend_schema(
+        responses={
+            200: RoutingSerializer,
+            304: OpenApiResponse(description="Not modified since the ETag in If-None-Match."),
+        }
+    )
     def get(self, request: Request, slug: str) -> Response:
         agent = _agent(slug)
         routing = Routing.objects.filter(agent=agent).first()
@@ -77,26 +185,21 @@ class RoutingView(APIView):
         return Response(routing_payload(agent, routing), headers={"ETag": tag})
 
 
+class StableSerializer(StrictSerializer):
+    version = VersionRef()
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
 class StableView(APIView):
-    @extend_schema(
-        request=inline_serializer(
-            "SetStable",
-            {
-                "version": serializers.IntegerField(),
-                "reason": serializers.CharField(required=False),
-            },
-        ),
-        responses=dict,
-    )
+    @extend_schema(request=StableSerializer, responses=RoutingSerializer)
     def post(self, request: Request, slug: str) -> Response:
         agent = _agent(slug)
-        data = request.data if isinstance(request.data, dict) else {}
-        version = _version_of(agent, data.get("version"), "version")
-        body = ReasonSerializer(data=request.data)
+        body = StableSerializer(data=request.data, context={"agent": agent})
         body.is_valid(raise_exception=True)
+        data = body.validated_data
         try:
             routing = engine.set_stable(
-                agent, version, actor=request.user, reason=body.validated_data["reason"]
+                agent, data["version"], actor=request.user, reason=data["reason"]
             )
         except engine.TransitionError as exc:
             raise Conflict(str(exc)) from None
@@ -115,7 +218,7 @@ class AgentRollbackSerializer(ReasonSerializer):
 
 
 class AgentRollbackView(APIView):
-    @extend_schema(request=AgentRollbackSerializer, responses=dict)
+    @extend_schema(request=AgentRollbackSerializer, responses=RoutingSerializer)
     def post(self, request: Request, slug: str) -> Response:
         agent = _agent(slug)
         body = AgentRollbackSerializer(data=request.data)
@@ -192,14 +295,48 @@ class RolloutSerializer(serializers.ModelSerializer):
         return engine.stage_deadline(rollout)
 
 
-class RolloutCreateSerializer(serializers.Serializer):
-    candidate = serializers.IntegerField()
-    baseline = serializers.IntegerField(required=False, allow_null=True)
-    stages = serializers.JSONField(required=False)
-    gates = serializers.JSONField(required=False)
-    auto_rollback = serializers.BooleanField(required=False, default=False)
-    supersede = serializers.BooleanField(required=False, default=False)
+class RolloutCreateSerializer(StrictSerializer):
+    candidate = VersionRef()
+    baseline = VersionRef(required=False, allow_null=True, default=None)
+    stages = serializers.JSONField(
+        required=False, help_text="[{percent, min_duration_s?, min_sessions?, max_duration_s?}]"
+    )
+    gates = serializers.JSONField(
+        required=False, help_text="[{metric, max_increase | max_decrease | ..., critical?, stat?}]"
+    )
+    auto_rollback = StrictBooleanField(required=False, default=False)
+    supersede = StrictBooleanField(required=False, default=False)
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+    def to_internal_value(self, data):
+        """The fields, then the stages and gates whatever else failed, so every error
+        comes in one answer. Stage and gate errors keep their own keys ("stages[1]")."""
+        errors: dict[str, Any] = {}
+        try:
+            value = super().to_internal_value(data)
+        except ValidationError as exc:
+            if not isinstance(data, Mapping) or not isinstance(exc.detail, Mapping):
+                raise
+            errors.update(exc.detail)
+            value = {}
+        try:
+            value["stages"] = engine.validate_stages(data.get("stages"))
+        except engine.StageError as exc:
+            errors.update(_as_field_errors(exc.errors))
+        try:
+            value["gates"] = validate_gates(data.get("gates", []))
+        except GateError as exc:
+            errors.update(_as_field_errors(exc.errors))
+        if errors:
+            raise ValidationError(errors)
+        return value
+
+
+def _as_field_errors(errors: dict[str, Any]) -> dict[str, Any]:
+    """DRF's shape, as for every other field: ``{"field": ["message", ...]}``."""
+    return {
+        key: [message] if isinstance(message, str) else message for key, message in errors.items()
+    }
 
 
 def _rollout_response(rollout_id: int, code: int = status.HTTP_200_OK) -> Response:
@@ -225,37 +362,23 @@ class AgentRollouts(APIView):
     @extend_schema(request=RolloutCreateSerializer, responses={201: RolloutSerializer})
     def post(self, request: Request, slug: str) -> Response:
         agent = _agent(slug)
-        body = RolloutCreateSerializer(data=request.data)
+        body = RolloutCreateSerializer(data=request.data, context={"agent": agent})
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        candidate = _version_of(agent, data["candidate"], "candidate")
-        baseline = (
-            _version_of(agent, data["baseline"], "baseline")
-            if data.get("baseline") is not None
-            else None
-        )
         try:
-            stages = engine.validate_stages(data.get("stages"))
-            gates = validate_gates(data.get("gates", []))
             rollout = engine.start_rollout(
                 agent,
-                candidate=candidate,
-                baseline=baseline,
-                stages=stages,
-                gates=gates,
+                candidate=data["candidate"],
+                baseline=data["baseline"],
+                stages=data["stages"],
+                gates=data["gates"],
                 auto_rollback=data["auto_rollback"],
                 supersede=data["supersede"],
                 actor=request.user,
                 reason=data["reason"],
             )
         except (engine.StageError, GateError) as exc:
-            # DRF's shape, as for every other field: {"field": ["message", ...]}.
-            raise ValidationError(
-                {
-                    key: [message] if isinstance(message, str) else message
-                    for key, message in exc.errors.items()
-                }
-            ) from None
+            raise ValidationError(_as_field_errors(exc.errors)) from None
         except engine.TransitionError as exc:
             raise Conflict(str(exc)) from None
         return _rollout_response(rollout.pk, status.HTTP_201_CREATED)
@@ -398,7 +521,10 @@ class SessionCreate(APIView):
                 ),
             },
         ),
-        responses={201: dict, 200: dict},
+        responses={
+            201: SessionStartAnswer,
+            200: OpenApiResponse(SessionStartAnswer, "A known session: its existing pin."),
+        },
     )
     def post(self, request: Request, slug: str) -> HttpResponse:
         data = request.data if isinstance(request.data, dict) else {}
@@ -461,12 +587,17 @@ def session_create(request: HttpRequest, slug: str) -> HttpResponse:
     return _full_session_create(request, slug=slug)
 
 
+class HeartbeatSerializer(StrictSerializer):
+    """A heartbeat carries nothing: an empty object, or no body at all."""
+
+
 class SessionHeartbeat(APIView):
     read_roles = HARNESS_AND_MANAGER
     write_roles = HARNESS_AND_MANAGER
 
-    @extend_schema(request=None, responses=dict)
+    @extend_schema(request=HeartbeatSerializer, responses=HeartbeatAnswer)
     def post(self, request: Request, slug: str, session_id: str) -> Response:
+        HeartbeatSerializer(data=request.data).is_valid(raise_exception=True)
         try:
             session = sessions.heartbeat(slug, session_id)
         except sessions.NotFound:
@@ -476,45 +607,32 @@ class SessionHeartbeat(APIView):
         )
 
 
-class OutcomeSerializer(serializers.Serializer):
-    success = serializers.BooleanField(required=False, allow_null=True, default=None)
-    error = serializers.BooleanField(required=False, allow_null=True, default=None)
-    latency_ms = serializers.FloatField(required=False, allow_null=True, min_value=0)
-    cost_usd = serializers.FloatField(required=False, allow_null=True, min_value=0)
-    hallucination = serializers.BooleanField(required=False, allow_null=True, default=None)
-    feedback = serializers.FloatField(required=False, allow_null=True, min_value=-1, max_value=1)
+class OutcomeSerializer(StrictSerializer):
+    """What a session's end reports; a field left out is not reported (null likewise)."""
 
-    def to_internal_value(self, data):
-        if not isinstance(data, dict):
-            raise ValidationError("Expected an object.")
-        errors = {}
-        unknown = set(data) - set(self.fields)
-        for key in sorted(unknown):
-            errors[key] = ["Unknown outcome field."]
-        # Strict types: "true" or 1 for a boolean is a harness bug worth reporting.
-        for key in ("success", "error", "hallucination"):
-            if key in data and data[key] is not None and not isinstance(data[key], bool):
-                errors[key] = ["Must be true, false or null."]
-        for key in ("latency_ms", "cost_usd", "feedback"):
-            value = data.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                errors[key] = ["Must be a number or null."]
-        if errors:
-            raise ValidationError(errors)
-        return {k: v for k, v in super().to_internal_value(data).items() if k in data}
+    success = StrictBooleanField(required=False, allow_null=True)
+    error = StrictBooleanField(required=False, allow_null=True)
+    latency_ms = StrictFloatField(required=False, allow_null=True, min_value=0)
+    cost_usd = StrictFloatField(required=False, allow_null=True, min_value=0)
+    hallucination = StrictBooleanField(required=False, allow_null=True)
+    feedback = StrictFloatField(required=False, allow_null=True, min_value=-1, max_value=1)
 
 
-class EndSerializer(serializers.Serializer):
+class EndSerializer(StrictSerializer):
     outcome = OutcomeSerializer(required=False, default=dict)
+
+    def unknown_field_error(self, key: str) -> str:
+        # The outcome's own fields sent bare would otherwise end the session without it.
+        if key in OutcomeSerializer().fields:
+            return 'Unknown field. Outcome fields go inside "outcome": {"outcome": {...}}.'
+        return self.unknown_field_message
 
 
 class SessionEnd(APIView):
     read_roles = HARNESS_AND_MANAGER
     write_roles = HARNESS_AND_MANAGER
 
-    @extend_schema(request=EndSerializer, responses=dict)
+    @extend_schema(request=EndSerializer, responses=EndAnswer)
     def post(self, request: Request, slug: str, session_id: str) -> Response:
         body = EndSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -532,25 +650,26 @@ class SessionEnd(APIView):
         )
 
 
+class FeedbackSerializer(StrictSerializer):
+    feedback = StrictFloatField(
+        min_value=-1, max_value=1, help_text="The user's verdict, from -1 (bad) to 1 (good)."
+    )
+
+
 class SessionFeedback(APIView):
     read_roles = HARNESS_AND_MANAGER
     write_roles = HARNESS_AND_MANAGER
 
-    @extend_schema(
-        request=inline_serializer(
-            "Feedback", {"feedback": serializers.FloatField(min_value=-1, max_value=1)}
-        ),
-        responses=dict,
-    )
+    @extend_schema(request=FeedbackSerializer, responses=FeedbackAnswer)
     def post(self, request: Request, slug: str, session_id: str) -> Response:
-        value = request.data.get("feedback") if isinstance(request.data, dict) else None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
-            raise ValidationError({"feedback": ["A number from -1 to 1 is required."]})
+        body = FeedbackSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        value = body.validated_data["feedback"]
         try:
-            session = sessions.feedback(slug, session_id, float(value))
+            session = sessions.feedback(slug, session_id, value)
         except sessions.NotFound:
             raise NotFound(f"No session {session_id!r} for agent {slug!r}.") from None
-        return Response({"session_id": session.session_id, "feedback": float(value)})
+        return Response({"session_id": session.session_id, "feedback": value})
 
 
 # --- fleet ---------------------------------------------------------------------------------
@@ -578,6 +697,6 @@ def fleet_payload(agent: Agent) -> dict[str, Any]:
 
 
 class FleetView(APIView):
-    @extend_schema(responses=dict)
+    @extend_schema(responses=FleetSerializer)
     def get(self, request: Request, slug: str) -> Response:
         return Response(fleet_payload(_agent(slug)))

@@ -37,6 +37,8 @@ from versions.models import Agent, Version
 DEFAULT_STAGES = (5, 25, 50, 100)
 DEFAULT_MIN_DURATION_S = 600
 DEFAULT_MIN_SESSIONS = 100
+# Beyond this a stage's clock (datetime + timedelta) overflows; no stage waits that long.
+MAX_STAGE_VALUE = 10 * 365 * 86400
 
 
 class TransitionError(Exception):
@@ -104,8 +106,8 @@ def _non_negative_int(stage: dict, key: str, default: int | None, where: str) ->
     value = stage.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StageError({where: f"{key} must be a whole number >= 0."})
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STAGE_VALUE:
+        raise StageError({where: f"{key} must be a whole number from 0 to {MAX_STAGE_VALUE}."})
     return value
 
 

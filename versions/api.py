@@ -1,4 +1,4 @@
-"""REST API for agents, versions, diffs and the audit log (DESIGN §9)."""
+"""REST API for agents, versions, diffs and the audit log (the README's API section)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ from typing import Any
 import jsonschema
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from controlplane.api import StrictFieldsMixin, StrictSerializer
 from controlplane.models import Role
 from versions import services
 from versions.diff import diff_versions
@@ -76,26 +82,7 @@ def _storable(value: Any) -> None:
 # --- agents -----------------------------------------------------------------------
 
 
-class RejectUnknownFields:
-    """Answer 400 for keys the serializer does not know.
-
-    DRF ignores them, so a drain policy field sent at the top level, or a slug in a
-    PATCH, would be dropped silently while the answer says 200.
-    """
-
-    unknown_field_message = "Unknown field."
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = set(data) - set(self.fields)
-            if unknown:
-                raise serializers.ValidationError(
-                    {key: [self.unknown_field_message] for key in sorted(unknown)}
-                )
-        return super().to_internal_value(data)
-
-
-class DrainPolicySerializer(RejectUnknownFields, serializers.Serializer):
+class DrainPolicySerializer(StrictSerializer):
     idle_timeout_s = serializers.IntegerField(min_value=1, max_value=365 * 86400, required=False)
     max_session_age_s = serializers.IntegerField(min_value=1, max_value=365 * 86400, required=False)
     drain_grace_s = serializers.IntegerField(min_value=0, max_value=7 * 86400, required=False)
@@ -105,9 +92,9 @@ class DrainPolicySerializer(RejectUnknownFields, serializers.Serializer):
     unknown_field_message = "Unknown drain policy field."
 
 
-class AgentSerializer(RejectUnknownFields, serializers.ModelSerializer):
+class AgentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     drain_policy = DrainPolicySerializer(required=False)
-    stable = serializers.PrimaryKeyRelatedField(read_only=True)
+    stable = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
 
     class Meta:
         model = Agent
@@ -120,7 +107,7 @@ class AgentSerializer(RejectUnknownFields, serializers.ModelSerializer):
         return data
 
 
-class AgentUpdateSerializer(RejectUnknownFields, serializers.Serializer):
+class AgentUpdateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=200, required=False)
     drain_policy = DrainPolicySerializer(required=False)
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
@@ -268,7 +255,7 @@ class ToolsLayerField(serializers.JSONField):
         return None
 
 
-class VersionSerializer(serializers.ModelSerializer):
+class VersionSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     code = CodeLayerField()
     model = ModelLayerField()
@@ -314,6 +301,14 @@ def version_payload(version: Version) -> dict:
     return VersionSerializer(version).data
 
 
+@extend_schema_view(
+    post=extend_schema(
+        responses={
+            201: VersionSerializer,
+            200: OpenApiResponse(VersionSerializer, "The tuple is already known: that version."),
+        }
+    )
+)
 class AgentVersions(generics.ListCreateAPIView):
     serializer_class = VersionSerializer
     read_roles = frozenset({Role.VIEWER, Role.HARNESS, Role.RELEASE_MANAGER})
@@ -357,6 +352,91 @@ class VersionDetail(generics.RetrieveAPIView):
     read_roles = frozenset({Role.VIEWER, Role.HARNESS, Role.RELEASE_MANAGER})
 
 
+# The diff's shape, for the schema only: versions.diff builds the answer itself.
+
+
+class ValueChangeSerializer(serializers.Serializer):
+    before = serializers.JSONField(allow_null=True, help_text="null: absent before")
+    after = serializers.JSONField(allow_null=True, help_text="null: absent after")
+
+
+class DiffReasonSerializer(serializers.Serializer):
+    layer = serializers.ChoiceField(choices=["code", "model", "prompts", "tools"])
+    kind = serializers.CharField(help_text="e.g. model_changed, tool_removed, type_changed")
+    breaking = serializers.BooleanField(help_text="Existing tool calls may be refused.")
+    rainbow = serializers.BooleanField(help_text="The change needs a staged rollout.")
+    message = serializers.CharField()
+
+
+class CodeDiffSerializer(serializers.Serializer):
+    changed = serializers.BooleanField()
+    before = serializers.JSONField()
+    after = serializers.JSONField()
+    changes = serializers.DictField(child=ValueChangeSerializer())
+
+
+class ModelDiffSerializer(serializers.Serializer):
+    changed = serializers.BooleanField()
+    before = serializers.JSONField()
+    after = serializers.JSONField()
+    changes = serializers.DictField(
+        child=serializers.JSONField(),
+        help_text="provider, name and other fields as {before, after}; params as "
+        "{param: {before, after}}.",
+    )
+
+
+class PromptPartDiffSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["added", "removed", "unchanged", "modified"])
+    similarity = serializers.FloatField(min_value=0, max_value=1)
+    unified_diff = serializers.CharField(allow_blank=True)
+
+
+class PromptsDiffSerializer(serializers.Serializer):
+    changed = serializers.BooleanField()
+    parts = serializers.DictField(child=PromptPartDiffSerializer())
+
+
+class SchemaChangeSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="e.g. required_param_added, type_changed")
+    path = serializers.CharField(allow_blank=True, help_text="Where in the tool, dotted.")
+    breaking = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class ToolDiffSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    breaking = serializers.BooleanField()
+    changes = SchemaChangeSerializer(many=True)
+
+
+class ToolsDiffSerializer(serializers.Serializer):
+    changed = serializers.BooleanField()
+    added = serializers.ListField(child=serializers.CharField())
+    removed = serializers.ListField(child=serializers.CharField())
+    modified = ToolDiffSerializer(many=True)
+
+
+class DiffLayersSerializer(serializers.Serializer):
+    code = CodeDiffSerializer()
+    model = ModelDiffSerializer()
+    prompts = PromptsDiffSerializer()
+    tools = ToolsDiffSerializer()
+
+
+class VersionDiffSerializer(serializers.Serializer):
+    before = serializers.IntegerField(help_text="The version compared against.")
+    after = serializers.IntegerField()
+    changed_layers = serializers.ListField(
+        child=serializers.ChoiceField(choices=["code", "model", "prompts", "tools"])
+    )
+    rainbow_required = serializers.BooleanField()
+    breaking = serializers.BooleanField()
+    risk = serializers.ChoiceField(choices=["none", "low", "rainbow", "breaking"])
+    reasons = DiffReasonSerializer(many=True)
+    layers = DiffLayersSerializer()
+
+
 class VersionDiff(APIView):
     @extend_schema(
         parameters=[
@@ -367,7 +447,7 @@ class VersionDiff(APIView):
                 description="The version to compare with (the 'before').",
             )
         ],
-        responses={200: dict},
+        responses=VersionDiffSerializer,
     )
     def get(self, request: Request, pk: int) -> Response:
         version = get_object_or_404(Version, pk=pk)

@@ -1,4 +1,4 @@
-"""The role matrix: every endpoint, every verb, every role (DESIGN §9).
+"""The role matrix: every endpoint, every verb, every role (the README's API section).
 
 To cover a new endpoint, append rows to ``MATRIX``: one ``(method, url template, body,
 {role: status})`` per verb. URL templates use the URL conf's own parameter names

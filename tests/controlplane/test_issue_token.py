@@ -1,4 +1,4 @@
-"""``manage.py issue_token USERNAME --role ROLE`` (DESIGN §9)."""
+"""``manage.py issue_token USERNAME --role ROLE`` (the README's API section)."""
 
 from __future__ import annotations
 

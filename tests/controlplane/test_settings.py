@@ -7,6 +7,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,150 @@ def test_a_bad_variable_stops_start_up_naming_it():
 
     assert result.returncode != 0
     assert "SECURE_HSTS_SECONDS" in result.stderr
+
+
+# --- SECRET_KEY ----------------------------------------------------------------------
+
+OLD_CONSTANT = "prism-embedded-insecure-key-change-me-for-production-0123456789"
+
+
+def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh embedded install: no SECRET_KEY, no DATABASE_URL."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("PRISM_") and key not in {"SECRET_KEY", "DATABASE_URL", "DEBUG"}
+    }
+    env.update(PRISM_VAR_DIR=str(var_dir), DJANGO_SETTINGS_MODULE="controlplane.settings")
+    env.update(extra)
+    return env
+
+
+def setting(env: dict[str, str], name: str) -> subprocess.CompletedProcess:
+    """Import the settings in a fresh interpreter and print one of them."""
+    return subprocess.run(
+        [sys.executable, "-c", f"from controlplane import settings; print(settings.{name})"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_without_a_secret_key_one_is_generated_on_first_start_and_kept(tmp_path):
+    first = setting(embedded_env(tmp_path), "SECRET_KEY")
+    second = setting(embedded_env(tmp_path), "SECRET_KEY")
+    elsewhere = setting(embedded_env(tmp_path / "other"), "SECRET_KEY")
+
+    assert first.returncode == 0, first.stderr
+    key = first.stdout.strip()
+    assert len(key) >= 50
+    assert key != OLD_CONSTANT
+    assert second.stdout.strip() == key
+    assert elsewhere.stdout.strip() not in ("", key)
+    path = tmp_path / "secret_key"
+    assert path.read_text().strip() == key
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_workers_starting_at_once_agree_on_one_generated_key(tmp_path):
+    """Every process of a first start (web workers, the worker, the beat) signs with the
+    same key, whichever of them created the file."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "from controlplane import settings; print(settings.SECRET_KEY)"],
+            cwd=BASE_DIR,
+            env=embedded_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    keys = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        keys.add(out.strip())
+
+    assert len(keys) == 1
+    assert keys != {OLD_CONSTANT}
+    assert sorted(p.name for p in tmp_path.iterdir() if "secret" in p.name) == ["secret_key"]
+
+
+def test_threads_racing_for_the_key_file_all_read_the_winners_key(tmp_path):
+    """The race decided by O_CREAT | O_EXCL: one thread writes, the others read."""
+    barrier = threading.Barrier(8)
+    keys: list[str] = []
+
+    def start() -> None:
+        barrier.wait(timeout=10)
+        keys.append(prism.generated_secret_key(tmp_path))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(keys) == 8
+    assert len(set(keys)) == 1
+    assert (tmp_path / "secret_key").read_text().strip() == keys[0]
+
+
+def test_a_key_file_left_empty_by_a_crashed_start_stops_start_up_naming_it(tmp_path):
+    (tmp_path / "secret_key").touch(mode=0o600)
+
+    with pytest.raises(ImproperlyConfigured, match="secret_key"):
+        prism.generated_secret_key(tmp_path, wait_s=0.2)
+
+
+def test_production_refuses_to_start_without_a_secret_key(tmp_path):
+    env = embedded_env(tmp_path, DATABASE_URL="postgres://prism@db.example.com/prism")
+
+    result = setting(env, "SECRET_KEY")
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "SECRET_KEY" in result.stderr
+    assert not (tmp_path / "secret_key").exists()
+
+
+# --- X-Forwarded-Proto ---------------------------------------------------------------
+
+
+def test_a_forwarded_proto_header_is_not_trusted_by_default(anonymous, db, settings):
+    """Otherwise any client could claim HTTPS and skip the redirect to it."""
+    settings.SECURE_SSL_REDIRECT = True
+
+    response = anonymous.get("/api/agents/", HTTP_X_FORWARDED_PROTO="https")
+
+    assert response.status_code == 301
+    assert response["Location"].startswith("https://")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "None"),
+        ("false", "None"),
+        ("true", "('HTTP_X_FORWARDED_PROTO', 'https')"),
+    ],
+)
+def test_trusting_the_forwarded_proto_is_an_environment_choice(tmp_path, value, expected):
+    extra = {} if value is None else {"PRISM_TRUST_X_FORWARDED_PROTO": value}
+
+    result = setting(embedded_env(tmp_path, **extra), "SECURE_PROXY_SSL_HEADER")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_a_bad_trust_value_stops_start_up_naming_the_variable(tmp_path):
+    env = embedded_env(tmp_path, PRISM_TRUST_X_FORWARDED_PROTO="sometimes")
+
+    result = setting(env, "SECURE_PROXY_SSL_HEADER")
+
+    assert result.returncode != 0
+    assert "PRISM_TRUST_X_FORWARDED_PROTO" in result.stderr

@@ -1,5 +1,5 @@
 """The sessions API: start, heartbeat, end and feedback, with their bad inputs and roles
-(DESIGN §5, §9)."""
+(the README's API section)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POST/GET /api/agents/ and GET/PATCH /api/agents/{slug}/ (DESIGN §3, §9)."""
+"""POST/GET /api/agents/ and GET/PATCH /api/agents/{slug}/ (the README's API section)."""
 
 from __future__ import annotations
 

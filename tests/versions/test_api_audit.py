@@ -1,4 +1,4 @@
-"""GET /api/audit/?agent={slug} (DESIGN §9, STYLE "Audit")."""
+"""GET /api/audit/?agent={slug} (the README's API section)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /api/versions/{id}/diff/?against={other_id} (DESIGN §4, §9)."""
+"""GET /api/versions/{id}/diff/?against={other_id} (the README's API section)."""
 
 from __future__ import annotations
 

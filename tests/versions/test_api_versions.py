@@ -1,4 +1,4 @@
-"""POST/GET /api/agents/{slug}/versions/ and GET /api/versions/{id}/ (DESIGN §2, §9)."""
+"""POST/GET /api/agents/{slug}/versions/ and GET /api/versions/{id}/ (the README's API section)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The change-risk diff (DESIGN §4). Pure unit tests: no database."""
+"""The change-risk diff (versions/diff.py). Pure unit tests: no database."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def kinds(result: dict[str, Any]) -> list[str]:
     return [reason["kind"] for reason in result["reasons"]]
 
 
-# risk: (rainbow_required, breaking), as DESIGN §4 derives them
+# risk: (rainbow_required, breaking), as the change-risk rules derive them
 VERDICTS = {
     "none": (False, False),
     "low": (False, False),
@@ -137,7 +137,7 @@ def test_true_is_not_the_same_value_as_one():
     }
 
 
-# --- DESIGN §4, row by row -----------------------------------------------------------
+# --- the change-risk rules, row by row -----------------------------------------------------------
 
 
 def test_row_model_provider_changed_requires_rainbow():

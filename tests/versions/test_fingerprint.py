@@ -1,4 +1,4 @@
-"""Content addresses for version tuples (DESIGN §2). Pure unit tests: no database."""
+"""Content addresses for version tuples (versions/fingerprint.py). Pure unit tests: no database."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ SMALL_SHA256 = "e36aebcca73630348bdb4769df753165a9c9e1cd2e639707fe349ab05fbf0d4e
 
 
 def reference_fingerprint(layers: dict[str, Any]) -> str:
-    """An independent statement of DESIGN §2's canonical form."""
+    """An independent statement of the canonical form: sorted keys, no whitespace, UTF-8."""
 
     def normal(value: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
