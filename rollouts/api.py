@@ -242,7 +242,9 @@ class RolloutSerializer(serializers.ModelSerializer):
     percent = serializers.FloatField(read_only=True)
     evaluations = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     stage_deadline = serializers.SerializerMethodField()
 
     class Meta:

@@ -264,7 +264,9 @@ class VersionSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     label = serializers.CharField(max_length=100, required=False, allow_null=True, allow_blank=True)
     notes = serializers.CharField(max_length=10000, required=False, allow_blank=True)
     layers = serializers.SerializerMethodField()
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Version

@@ -25,6 +25,8 @@ PARAMETER_EXAMPLES = {
     "id": lambda world: "1",
     "app_label": lambda world: "versions",
     "url": lambda world: "nowhere/",
+    "action": lambda world: "pause",
+    "other": lambda world: str(world["v2"].pk),
 }
 # Converters that match any text, so a NUL can travel in them to the view.
 TEXT_CONVERTERS = ("PathConverter", "StringConverter")
@@ -33,7 +35,8 @@ NUL = "a\x00b"
 
 def _example(name: str, world: dict[str, Any], route: str) -> str:
     if name == "pk":
-        subject = world["rollout"] if route.startswith("api/rollouts/") else world["v1"]
+        rollouts = route.startswith(("api/rollouts/", "rollouts/"))
+        subject = world["rollout"] if rollouts else world["v1"]
         return str(subject.pk)
     assert name in PARAMETER_EXAMPLES, f"add an example value for <{name}> in {route!r}"
     return PARAMETER_EXAMPLES[name](world)
