@@ -54,7 +54,7 @@ def test_a_second_delivery_of_the_same_message_changes_nothing(agent, v1, v2):
     assert AuditEntry.objects.filter(action="rollout.advance").count() == 1
     first, second = TaskRun.objects.filter(task_id="t-2")
     assert (first.outcome, second.outcome) == ("applied", "skipped")
-    assert "moved on" in second.detail
+    assert "not stage 0" in second.detail
 
 
 def test_it_skips_a_rollout_that_no_longer_exists(agent, v1, v2):
