@@ -354,6 +354,14 @@ PRISM_BEAT_SECONDS = envint("PRISM_BEAT_SECONDS", "5")
 # GET /api/health/ answers 503 once the beat's last tick is older than this.
 PRISM_BEAT_LATE_S = envint("PRISM_BEAT_LATE_S", str(3 * PRISM_BEAT_SECONDS))
 PRISM_SOURCE_POLL_SECONDS = envint("PRISM_SOURCE_POLL_SECONDS", "30")
+# How often the beat evaluates each running rollout's gates.
+PRISM_EVALUATE_SECONDS = envint("PRISM_EVALUATE_SECONDS", "10")
+# A metric source failing this many polls in a row halts its agent's running rollout
+# (Argo Rollouts' consecutive-error limit).
+PRISM_SOURCE_ERROR_LIMIT = envint("PRISM_SOURCE_ERROR_LIMIT", "4")
+# The error budget of one rollout, all its gates and the sample-ratio check together, at
+# every look: the chance that a candidate as good as its baseline is wrongly halted.
+PRISM_GATE_ALPHA = 0.05
 # A pin id is counted into the metric rollups once it has been visible this long, so an
 # insert that took a lower id and committed later is not skipped.
 PRISM_PIN_SETTLE_S = envint("PRISM_PIN_SETTLE_S", "10")
@@ -366,7 +374,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     "evaluate-rollouts": {
         "task": "rollouts.tasks.evaluate_rollouts",
-        "schedule": float(PRISM_BEAT_SECONDS),
+        "schedule": float(PRISM_EVALUATE_SECONDS),
+        "options": {"expires": float(PRISM_EVALUATE_SECONDS)},
     },
     "record-fleet-snapshots": {
         "task": "rollouts.tasks.record_fleet_snapshots",

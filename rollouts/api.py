@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Mapping
@@ -19,15 +20,17 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.generics import ListAPIView
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api import Conflict, StrictBooleanField, StrictFloatField, StrictSerializer
 from controlplane.models import Role, hash_key
-from metrics.gates import GateError, validate_gates
+from metrics.gates import DEFAULT_GATES, GateError, validate_gates
 from rollouts import drain, engine, sessions
-from rollouts.models import Rollout, Routing, SessionState
+from rollouts.models import Evaluation, Rollout, Routing, SessionState
 from rollouts.routing import etag
 from versions.api import VersionSerializer
 from versions.models import Agent, Version
@@ -241,6 +244,7 @@ class RolloutSerializer(serializers.ModelSerializer):
     agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     percent = serializers.FloatField(read_only=True)
     evaluations = serializers.SerializerMethodField()
+    gate_verdicts = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
     created_by = serializers.SlugRelatedField(
         slug_field="username", read_only=True, allow_null=True
@@ -262,6 +266,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             "auto_rollback",
             "warnings",
             "evaluations",
+            "gate_verdicts",
             "events",
             "started_at",
             "stage_started_at",
@@ -277,6 +282,10 @@ class RolloutSerializer(serializers.ModelSerializer):
         if rollout.last_evaluation and rollout.last_evaluation not in found:
             found.append(rollout.last_evaluation)
         return found
+
+    def get_gate_verdicts(self, rollout: Rollout) -> list[dict]:
+        """The latest verdict of every gate, with its estimate, interval and samples."""
+        return list((rollout.last_evaluation or {}).get("gates", []))
 
     def get_events(self, rollout: Rollout) -> list[dict]:
         return [
@@ -326,7 +335,12 @@ class RolloutCreateSerializer(StrictSerializer):
         except engine.StageError as exc:
             errors.update(_as_field_errors(exc.errors))
         try:
-            value["gates"] = validate_gates(data.get("gates", []))
+            # No gates named: the defaults, one per built-in metric. An explicit [] means
+            # none at all (the start's audit entry says so).
+            gates = data.get("gates")
+            value["gates"] = validate_gates(
+                copy.deepcopy(DEFAULT_GATES) if gates is None else gates
+            )
         except GateError as exc:
             errors.update(_as_field_errors(exc.errors))
         if errors:
@@ -391,6 +405,30 @@ class RolloutDetail(APIView):
     def get(self, request: Request, pk: int) -> Response:
         get_object_or_404(Rollout, pk=pk)
         return _rollout_response(pk)
+
+
+class EvaluationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Evaluation
+        fields = ["id", "at", "actor", "stage", "epoch", "decision", "reason", "applied", "report"]
+
+
+class EvaluationPages(PageNumberPagination):
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class RolloutEvaluations(ListAPIView):
+    """``GET /rollouts/{id}/evaluations/``: every look at the rollout's gates, newest
+    first, paged: the history its charts draw."""
+
+    serializer_class = EvaluationSerializer
+    pagination_class = EvaluationPages
+
+    def get_queryset(self):
+        rollout = get_object_or_404(Rollout, pk=self.kwargs["pk"])
+        return Evaluation.objects.filter(rollout=rollout).order_by("-at", "-id")
 
 
 class RolloutActionSerializer(ReasonSerializer):

@@ -8,7 +8,6 @@ finds the rollout closed and gives up, so rollback always wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,12 +15,12 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from metrics import gates as gates_mod
-from metrics import outcomes
+from rollouts import evaluation
 from rollouts.drain import apply_live_version_cap, force_version, live_counts
 from rollouts.models import (
     FULL,
     OPEN_STATES,
+    Evaluation,
     Lifecycle,
     Rollout,
     RolloutEvent,
@@ -214,6 +213,7 @@ def _log_change(
         rollout=rollout,
         stage=rollout.stage if rollout is not None else None,
         action=action,
+        weights=change["after"]["weights"],
     )
 
 
@@ -420,102 +420,15 @@ def start_rollout(
                 "baseline": baseline.pk,
                 "stages": stages,
                 "gates": gates,
+                **(
+                    {"note": "no gates configured: stages advance on time and sessions alone"}
+                    if not gates
+                    else {}
+                ),
                 "warnings": warnings,
             },
         )
     return rollout
-
-
-@dataclass
-class Evaluation:
-    verdict: str  # "advance", "hold", "halt", "rollback"
-    reason: str
-    report: dict[str, Any]
-
-
-def assess(rollout: Rollout, now: datetime | None = None) -> Evaluation:
-    """Check the current stage's conditions (no writes).
-
-    1. A critical gate that fails halts the rollout (or rolls it back with
-       ``auto_rollback``).
-    2. A stage past its ``max_duration_s`` without passing halts as inconclusive.
-    3. The stage advances when its minimum duration of running time (pauses left
-       out) has elapsed, both arms have ``min_sessions`` ended sessions with an outcome
-       that started during this stage, and every critical gate passes over the whole
-       rollout.
-    4. Otherwise it holds.
-    """
-    now = now or timezone.now()
-    stage = rollout.stages[rollout.stage]
-    elapsed = rollout.stage_running_s(now)
-    # Samples are per stage: each stage routes at other weights, and its arms are
-    # compared at those. Gates look at the whole rollout (below).
-    counts = outcomes.ended_counts(
-        [rollout.candidate_id, rollout.baseline_id], rollout.stage_started_at
-    )
-    results = gates_mod.evaluate(
-        rollout.gates,
-        candidate_id=rollout.candidate_id,
-        baseline_id=rollout.baseline_id,
-        since=rollout.started_at,
-    )
-    duration_ok = elapsed >= stage["min_duration_s"]
-    samples_ok = (
-        counts.get(rollout.candidate_id, 0) >= stage["min_sessions"]
-        and counts.get(rollout.baseline_id, 0) >= stage["min_sessions"]
-    )
-    critical = [r for r in results if r["critical"]]
-    failed = [r["metric"] for r in critical if r["verdict"] == gates_mod.FAIL]
-    not_passed = [r["metric"] for r in critical if r["verdict"] != gates_mod.PASS]
-    report = {
-        "at": now.isoformat(),
-        "stage": rollout.stage,
-        "percent": stage["percent"],
-        "min_duration": {
-            "ok": duration_ok,
-            "elapsed_s": round(elapsed, 1),
-            "required_s": stage["min_duration_s"],
-        },
-        "min_sessions": {
-            "ok": samples_ok,
-            "required": stage["min_sessions"],
-            "candidate": counts.get(rollout.candidate_id, 0),
-            "baseline": counts.get(rollout.baseline_id, 0),
-        },
-        "gates": results,
-    }
-    if failed:
-        verdict = "rollback" if rollout.auto_rollback else "halt"
-        reason = f"critical gate failed: {', '.join(failed)}"
-    elif duration_ok and samples_ok and not not_passed:
-        verdict, reason = "advance", f"stage conditions met; {_gates_summary(results)}"
-    elif stage["max_duration_s"] is not None and elapsed > stage["max_duration_s"]:
-        verdict = "halt"
-        reason = (
-            f"inconclusive: stage {rollout.stage} ran past max_duration_s="
-            f"{stage['max_duration_s']} without passing"
-        )
-    else:
-        waiting = []
-        if not duration_ok:
-            waiting.append("minimum duration")
-        if not samples_ok:
-            waiting.append("minimum sessions")
-        if not_passed:
-            waiting.append(f"gates ({', '.join(not_passed)})")
-        verdict, reason = "hold", "waiting for " + ", ".join(waiting)
-    report["verdict"], report["reason"] = verdict, reason
-    return Evaluation(verdict, reason, report)
-
-
-def _gates_summary(results: list[dict[str, Any]]) -> str:
-    """What the gates said when none blocks: a pass with nothing to check is not a pass."""
-    if not results:
-        return "no gates configured"
-    critical = sum(1 for r in results if r["critical"])
-    if not critical:
-        return f"no critical gates configured ({len(results)} non-critical, not blocking)"
-    return f"all {critical} critical gates pass"
 
 
 def _locked_rollout(rollout_id: int) -> tuple[Routing, Rollout]:
@@ -632,6 +545,8 @@ def transition(
     """
     if action not in ALLOWED:
         raise ValueError(f"unknown action {action!r}")
+    if action == "evaluate":
+        return evaluate(rollout_id, actor=actor, expect_stage=expect_stage, now=now)
     now = now or timezone.now()
     with transaction.atomic():
         routing, rollout = _locked_rollout(rollout_id)
@@ -672,18 +587,8 @@ def transition(
             reason = reason or "manual override"
         elif action == "rollback":
             change = _rollback(routing, rollout, now)
-        else:  # evaluate
-            result = assess(rollout, now)
-            evaluation = result.report
-            rollout.last_evaluation, rollout.evaluated_at = evaluation, now
-            rollout.save(update_fields=["last_evaluation", "evaluated_at"])
-            change = _act_on(routing, rollout, result, now)
-            if change is None:
-                return rollout
-            action = {"advance": "auto_advance", "halt": "halt", "rollback": "auto_rollback"}[
-                result.verdict
-            ]
-            reason = result.reason
+        else:  # evaluate: decided outside the lock, by evaluate() below
+            raise AssertionError("evaluate goes through engine.evaluate")
         if action in ("rollback", "auto_rollback") and evacuate:
             _evacuate(
                 rollout.candidate_id,
@@ -724,16 +629,98 @@ def transition(
     return rollout
 
 
-def _act_on(
-    routing: Routing, rollout: Rollout, result: Evaluation, now: datetime
-) -> dict[str, Any] | None:
-    if result.verdict == "advance":
+def _act_on(routing: Routing, rollout: Rollout, decision: str, now: datetime) -> dict[str, Any]:
+    if decision == evaluation.ADVANCE:
         return _advance(routing, rollout, now)
-    if result.verdict == "halt":
+    if decision == evaluation.HALT:
         return _halt(routing, rollout, now)
-    if result.verdict == "rollback":
+    if decision == evaluation.ROLLBACK:
         return _rollback(routing, rollout, now)
-    return None
+    raise ValueError(f"no transition for {decision!r}")
+
+
+_AUTOMATIC = {
+    evaluation.ADVANCE: "auto_advance",
+    evaluation.HALT: "halt",
+    evaluation.ROLLBACK: "auto_rollback",
+}
+
+
+def evaluate(
+    rollout_id: int,
+    *,
+    actor: Any = SYSTEM,
+    expect_stage: int | None = None,
+    now: datetime | None = None,
+) -> Rollout:
+    """Look at a running rollout's gates and act on the decision: the beat's tick and
+    ``POST /rollouts/{id}/evaluate/`` both come here.
+
+    1. Read the rollout and its routing epoch, without a lock.
+    2. Assess outside any lock (``evaluation.assess``: rollups only), and record the
+       look in the evaluation history whatever it decides.
+    3. For anything but ``hold``, lock the agent's routing and apply the decision only
+       if the rollout is still running at the stage and routing epoch it was computed
+       for. A person (or another worker) who acted in between wins, and the stale
+       decision is dropped: rollback always wins over an automatic advance.
+    """
+    now = now or timezone.now()
+    rollout = Rollout.objects.select_related("agent__routing").get(pk=rollout_id)
+    if rollout.state not in ALLOWED["evaluate"]:
+        raise TransitionError(f"Cannot evaluate a rollout that is {rollout.state}.")
+    if expect_stage is not None and rollout.stage != expect_stage:
+        raise TransitionError(
+            f"The rollout is at stage {rollout.stage} now, not stage {expect_stage}; look again."
+        )
+    epoch = rollout.agent.routing.epoch
+    assessment = evaluation.assess(rollout, epoch, now)
+    looked = evaluation.record(rollout, assessment, actor=_actor_name(actor), now=now)
+    if assessment.decision == evaluation.HOLD:
+        rollout.refresh_from_db()
+        return rollout
+    with transaction.atomic():
+        routing, rollout = _locked_rollout(rollout_id)
+        if (
+            rollout.state != RolloutState.RUNNING
+            or rollout.stage != assessment.stage
+            or routing.epoch != epoch
+        ):
+            # Someone (a person, another worker) moved it first: their change stands.
+            raise TransitionError(
+                "The rollout moved on while it was being evaluated; the evaluation is "
+                "kept, its decision dropped. Look again."
+            )
+        from_state, from_stage = rollout.state, rollout.stage
+        change = _act_on(routing, rollout, assessment.decision, now)
+        action = _AUTOMATIC[assessment.decision]
+        report = assessment.report
+        _event(
+            rollout,
+            actor=actor,
+            action=action,
+            from_state=from_state,
+            from_stage=from_stage,
+            reason=assessment.reason,
+            evaluation=report,
+        )
+        _log_change(
+            routing, change, actor=actor, action=f"rollout.{action}", now=now, rollout=rollout
+        )
+        record(
+            f"rollout.{action}",
+            rollout,
+            actor=actor,
+            reason=assessment.reason,
+            before={"state": from_state, "stage": from_stage, **change["before"]},
+            after={
+                "state": rollout.state,
+                "stage": rollout.stage,
+                **change["after"],
+                "evaluation": report,
+            },
+        )
+        Evaluation.objects.filter(pk=looked.pk).update(applied=True)
+    return rollout
 
 
 def rollback_agent(
@@ -806,25 +793,19 @@ def rollback_agent(
 
 
 def evaluate_open_rollouts(now: datetime | None = None) -> dict[str, int]:
-    """The beat's pass over running rollouts: assess outside any lock, then apply the
-    verdict conditionally on the stage assessed. Safe to run concurrently and to retry."""
+    """Evaluate every running rollout in turn (the beat fans out one task per rollout
+    instead; this is the same work in one process). Safe to run concurrently and to
+    retry: each decision applies only at the stage and epoch it was computed for."""
     tally = {"evaluated": 0, "changed": 0}
-    for rollout in Rollout.objects.filter(state=RolloutState.RUNNING).select_related("agent"):
+    for rollout_id, stage in Rollout.objects.filter(state=RolloutState.RUNNING).values_list(
+        "pk", "stage"
+    ):
         tally["evaluated"] += 1
-        result = assess(rollout, now)
-        Rollout.objects.filter(
-            pk=rollout.pk, state=RolloutState.RUNNING, stage=rollout.stage
-        ).update(last_evaluation=result.report, evaluated_at=timezone.now())
-        if result.verdict == "hold":
-            continue
         try:
-            # Re-assessed under the lock at the same ``now``, so it can still hold.
-            after = transition(
-                rollout.pk, "evaluate", actor=SYSTEM, expect_stage=rollout.stage, now=now
-            )
-        except TransitionError:
+            after = evaluate(rollout_id, actor=SYSTEM, expect_stage=stage, now=now)
+        except (TransitionError, Rollout.DoesNotExist):
             continue  # a human or another worker acted first; their change stands
-        if (after.state, after.stage) != (rollout.state, rollout.stage):
+        if (after.state, after.stage) != (RolloutState.RUNNING, stage):
             tally["changed"] += 1
     return tally
 

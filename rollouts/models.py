@@ -193,6 +193,9 @@ class RoutingChange(models.Model):
         null=True, blank=True, help_text="The rollout's stage after the change"
     )
     action = models.CharField(max_length=40)
+    # The weights from this epoch on: the sample-ratio check compares each epoch's pins
+    # with the weights they were drawn at.
+    weights = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [
@@ -201,6 +204,31 @@ class RoutingChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} of {self.agent_id} to epoch {self.epoch}"
+
+
+class Evaluation(models.Model):
+    """One look at a rollout's gates: what was judged, from which evidence, and what was
+    decided. Every look is kept (the beat looks every few seconds), so charts can draw
+    each metric's interval over time; retention thins them."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="evaluation_log")
+    at = models.DateTimeField()
+    actor = models.CharField(max_length=150)
+    stage = models.PositiveSmallIntegerField()
+    epoch = models.PositiveBigIntegerField(help_text="The routing epoch it was computed at")
+    decision = models.CharField(max_length=16, help_text="advance, hold, halt or rollback")
+    reason = models.TextField(blank=True, default="")
+    applied = models.BooleanField(
+        default=False, help_text="Whether its decision changed the rollout"
+    )
+    report = models.JSONField()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["rollout", "-at"], name="evaluation_by_rollout")]
+
+    def __str__(self) -> str:
+        return f"{self.decision} of rollout {self.rollout_id} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 class RolloutEvent(models.Model):

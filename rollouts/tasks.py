@@ -14,7 +14,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 from controlplane import taskruns
 from controlplane.models import TaskRun
 from rollouts import drain, engine, snapshots
-from rollouts.models import Rollout
+from rollouts.models import Rollout, RolloutState
 from versions.audit import SYSTEM
 from versions.models import Agent
 
@@ -35,9 +35,27 @@ def enforce_drain_policies() -> dict[str, dict]:
 
 
 @shared_task(ignore_result=True)
-def evaluate_rollouts() -> dict[str, int]:
-    """Advance, halt or roll back running rollouts whose stage verdict is in."""
-    return engine.evaluate_open_rollouts()
+def evaluate_rollouts() -> int:
+    """Fan out: one evaluation task per running rollout, so a tick costs what the busiest
+    rollout costs, not the sum of all of them, and one slow agent delays no other. Each
+    task expires with the tick, so a backlog never replays stale looks."""
+    expires = float(settings.PRISM_EVALUATE_SECONDS)
+    running = list(Rollout.objects.filter(state=RolloutState.RUNNING).values_list("pk", "stage"))
+    for rollout_id, stage in running:
+        evaluate_rollout.apply_async((rollout_id, stage), expires=expires)
+    return len(running)
+
+
+@shared_task(ignore_result=True)
+def evaluate_rollout(rollout_id: int, stage: int) -> str:
+    """Evaluate one rollout's gates at the stage the tick saw, and act on the decision
+    (``engine.evaluate``): idempotent, since a decision applies only at the stage and
+    routing epoch it was computed for."""
+    try:
+        after = engine.evaluate(rollout_id, actor=SYSTEM, expect_stage=stage)
+    except (engine.TransitionError, Rollout.DoesNotExist):
+        return "skipped"  # it moved on, or a person acted first
+    return f"{after.state}@{after.stage}"
 
 
 @shared_task(ignore_result=True)
@@ -45,6 +63,8 @@ def record_fleet_snapshots() -> dict[str, int]:
     """This tick's live sessions per version of every agent, then a bounded step of
     thinning old snapshots."""
     return {"agents": snapshots.record(), "deleted": snapshots.downsample()}
+
+
 @shared_task(
     bind=True,
     ignore_result=True,

@@ -26,6 +26,11 @@ urlpatterns = [
     ),
     path("versions/<int:pk>/drain/", api.VersionDrainView.as_view(), name="version-drain"),
     path("rollouts/<int:pk>/", api.RolloutDetail.as_view(), name="rollout-detail"),
+    path(
+        "rollouts/<int:pk>/evaluations/",
+        api.RolloutEvaluations.as_view(),
+        name="rollout-evaluations",
+    ),
     *[
         path(
             f"rollouts/<int:pk>/{name}/", api.rollout_action(name).as_view(), name=f"rollout-{name}"

@@ -139,6 +139,17 @@ def failing(agent_id: int) -> list[MetricSource]:
     )
 
 
+def metrics_from_prometheus(agent_id: int) -> set[str]:
+    """The metrics the agent's enabled Prometheus sources count: gates on them read the
+    sources' counters instead of the session rollups."""
+    provided: set[str] = set()
+    for source in MetricSource.objects.filter(
+        agent_id=agent_id, enabled=True, kind=SourceKind.PROMETHEUS
+    ):
+        provided.update(prometheus.metrics_of(source.config))
+    return provided
+
+
 def errors_by_metric(agent_id: int) -> dict[str, str]:
     """{metric: error} for the metrics a failing source of the agent provides: gates on
     them are inconclusive while it fails."""

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from metrics.gates import validate_gates
-from rollouts import engine
+from rollouts import engine, sessions
 from rollouts.models import Rollout, Routing
 from versions.models import Agent, Version
 
@@ -72,3 +72,20 @@ def expected_version(slug: str, session_id: str, weights: dict[int, int]) -> int
         if bucket < upper:
             return version_id
     raise AssertionError(f"bucket {bucket} is outside every range of {weights}")
+
+
+def ended_on(agent: Agent, version: Version, n: int, prefix: str, outcome: dict) -> list[str]:
+    """Start and end ``n`` sessions that the agent's routing sends to ``version``, each
+    with ``outcome``: evidence for the gates, through the real services."""
+    table = weights(agent)
+    ids: list[str] = []
+    index = 0
+    while len(ids) < n:
+        session_id = f"{prefix}-{index}"
+        index += 1
+        if expected_version(agent.slug, session_id, table) == version.pk:
+            ids.append(session_id)
+    for session_id in ids:
+        sessions.assign(agent.slug, session_id)
+        sessions.end(agent.slug, session_id, outcome)
+    return ids

@@ -10,7 +10,7 @@ import pytest
 from rollouts import engine, sessions
 from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, RoutingChange
 from rollouts.routing import Table, bucket
-from tests.rollouts.conftest import start_rollout, weights
+from tests.rollouts.conftest import ended_on, start_rollout, weights
 from versions.models import Agent, AuditEntry
 
 pytestmark = pytest.mark.django_db
@@ -178,11 +178,14 @@ def test_only_sessions_with_an_outcome_started_during_the_stage_are_samples(
     end_sessions(harness, open_sessions(harness, agent, v2.pk, 2, "s0-c"))
     end_sessions(harness, open_sessions(harness, agent, v1.pk, 1, "s0-b"))
     [straddling] = open_sessions(harness, agent, v2.pk, 1, "s0-live")
-    # Late feedback alone is an outcome too.
+    # Late user feedback alone is not an outcome: the session itself reported nothing
+    # (it may have crashed), so it stays out of the samples and counts as abandoned.
     [late] = open_sessions(harness, agent, v1.pk, 1, "s0-late")
     end_without_outcome(harness, [late])
     assert samples(evaluated()) == (2, 1)
     harness.post(f"{SESSIONS}{late}/feedback/", {"feedback": 0.5}, format="json")
+    assert samples(evaluated()) == (2, 1)
+    end_sessions(harness, open_sessions(harness, agent, v1.pk, 1, "s0-b2"))
     body = evaluated()
     assert (body["state"], body["stage"]) == ("running", 1)
 
@@ -275,6 +278,8 @@ def test_a_critical_gate_that_is_inconclusive_never_lets_the_rollout_advance(age
     rollout = start_rollout(
         agent, v2, stages=[{"percent": 5, "min_duration_s": 0, "min_sessions": 0}, 100], gates=gates
     )
+    # The baseline reports errors, the candidate nothing yet: that blocks.
+    ended_on(agent, v1, 5, "base", {"error": False})
     for _ in range(3):
         result = engine.transition(rollout.pk, "evaluate", actor="tester")
         assert (result.state, result.stage) == ("running", 0)
@@ -333,33 +338,31 @@ def test_an_inconclusive_critical_gate_halts_once_the_stage_overstays(agent, v1,
         gates=gates,
         stages=[{"percent": 5, "min_duration_s": 0, "min_sessions": 0, "max_duration_s": 0}, 100],
     )
+    ended_on(agent, v1, 5, "base", {"error": False})
     result = engine.transition(rollout.pk, "evaluate", actor="tester")
     assert result.state == "halted"
     assert result.last_evaluation["reason"].startswith("inconclusive")
     assert weights(agent) == {v1.pk: 10000}
 
 
-def test_a_failing_critical_gate_halts_or_rolls_back(agent, v1, v2, monkeypatch, make_version):
-    def failing(gates, **kwargs):
-        return [
-            {
-                "metric": g["metric"],
-                "stat": g["stat"],
-                "critical": g["critical"],
-                "verdict": "fail",
-                "detail": "forced",
-            }
-            for g in gates
-        ]
-
-    monkeypatch.setattr(engine.gates_mod, "evaluate", failing)
+def test_a_failing_critical_gate_halts_or_rolls_back(agent, v1, v2):
     gates = [{"metric": "error_rate", "max_increase": 0.01}]
-    halting = start_rollout(agent, v2, gates=gates)
-    assert engine.transition(halting.pk, "evaluate", actor="tester").state == "halted"
+    stages = [{"percent": 50, "min_duration_s": 3600}, 100]
+
+    def clear_regression(prefix: str) -> None:
+        ended_on(agent, v2, 40, f"{prefix}-c", {"error": True})
+        ended_on(agent, v1, 40, f"{prefix}-b", {"error": False})
+
+    halting = start_rollout(agent, v2, stages=stages, gates=gates)
+    clear_regression("first")
+    result = engine.transition(halting.pk, "evaluate", actor="tester")
+    assert result.state == "halted"
+    assert result.last_evaluation["reason"] == "critical gate failed: error_rate"
     assert weights(agent) == {v1.pk: 10000}
     engine.transition(halting.pk, "rollback", actor="tester")
 
-    auto = start_rollout(agent, v2, gates=gates, auto_rollback=True)
+    auto = start_rollout(agent, v2, stages=stages, gates=gates, auto_rollback=True)
+    clear_regression("second")
     assert engine.transition(auto.pk, "evaluate", actor="tester").state == "rolled_back"
     event = auto.events.last()
     assert (event.action, event.evaluation["gates"][0]["verdict"]) == ("auto_rollback", "fail")

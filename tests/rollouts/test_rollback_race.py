@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rollouts import engine
+from rollouts import engine, evaluation
 from rollouts.models import Rollout, RolloutEvent, Routing
 from tests.concurrency import race
 from versions.models import Agent
@@ -170,18 +170,18 @@ def test_a_verdict_assessed_before_a_rollback_is_dropped(world, monkeypatch):
     assessment and the beat's write, the stale verdict must not be applied."""
     agent, v1, v2 = world
     rollout = engine.start_rollout(agent, candidate=v2, stages=STAGES, gates=[], actor="starter")
-    real_assess = engine.assess
+    real_assess = evaluation.assess
     calls = []
 
-    def assess_then_rollback(r, now=None):
-        result = real_assess(r, now)
+    def assess_then_rollback(r, epoch, now=None):
+        result = real_assess(r, epoch, now)
         if not calls:
             # A human's rollback commits on another connection, mid-beat.
             run_together(lambda: engine.transition(rollout.pk, "rollback", actor="pager"))
-        calls.append(result.verdict)
+        calls.append(result.decision)
         return result
 
-    monkeypatch.setattr(engine, "assess", assess_then_rollback)
+    monkeypatch.setattr(evaluation, "assess", assess_then_rollback)
     tally = engine.evaluate_open_rollouts()
 
     assert calls[0] == "advance"
@@ -195,15 +195,15 @@ def test_a_verdict_assessed_before_a_human_advance_is_dropped(world, monkeypatch
     must not apply its stage-0 verdict to stage 1 and skip a stage."""
     agent, _, v2 = world
     rollout = engine.start_rollout(agent, candidate=v2, stages=STAGES, gates=[], actor="starter")
-    real_assess = engine.assess
+    real_assess = evaluation.assess
 
-    def assess_then_advance(r, now=None):
-        result = real_assess(r, now)
+    def assess_then_advance(r, epoch, now=None):
+        result = real_assess(r, epoch, now)
         if r.stage == 0 and not rollout.events.filter(action="advance").exists():
             run_together(lambda: engine.transition(rollout.pk, "advance", actor="human"))
         return result
 
-    monkeypatch.setattr(engine, "assess", assess_then_advance)
+    monkeypatch.setattr(evaluation, "assess", assess_then_advance)
     assert engine.evaluate_open_rollouts()["changed"] == 0
     rollout.refresh_from_db()
     assert (rollout.state, rollout.stage) == ("running", 1)

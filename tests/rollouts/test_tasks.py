@@ -8,7 +8,7 @@ import pytest
 
 from rollouts import engine, tasks
 from rollouts.models import RolloutEvent
-from tests.rollouts.conftest import start_rollout, weights
+from tests.rollouts.conftest import ended_on, start_rollout, weights
 from versions.models import Agent, AuditEntry
 
 pytestmark = pytest.mark.django_db
@@ -16,7 +16,18 @@ pytestmark = pytest.mark.django_db
 QUICK = {"min_duration_s": 0, "min_sessions": 0}
 
 
-def run_beat() -> dict:
+@pytest.fixture(autouse=True)
+def eager_fan_out():
+    """The tick fans out one task per rollout; run those in-process here, so each test
+    sees the tick's whole effect (the processes tests run them on a real worker)."""
+    app = tasks.evaluate_rollout.app
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+def run_beat() -> int:
+    """One evaluation tick; returns how many rollouts it fanned out to."""
     result = tasks.evaluate_rollouts.apply()
     assert result.successful(), result.traceback
     return result.get()
@@ -26,7 +37,7 @@ def test_the_beat_advances_a_ready_stage_as_system(agent, v1, v2):
     rollout = start_rollout(
         agent, v2, [{"percent": 5, **QUICK}, {"percent": 50, "min_duration_s": 3600}, 100]
     )
-    assert run_beat() == {"evaluated": 1, "changed": 1}
+    assert run_beat() == 1
 
     rollout.refresh_from_db()
     assert (rollout.state, rollout.stage) == ("running", 1)
@@ -51,8 +62,8 @@ def test_the_beat_is_idempotent_while_a_stage_is_not_ready(agent, v1, v2):
     )
     run_beat()
     audit = AuditEntry.objects.count()
-    assert run_beat() == {"evaluated": 1, "changed": 0}
-    assert run_beat() == {"evaluated": 1, "changed": 0}
+    assert run_beat() == 1
+    assert run_beat() == 1
     rollout.refresh_from_db()
     assert rollout.stage == 1
     assert AuditEntry.objects.count() == audit
@@ -92,6 +103,8 @@ def test_the_beat_never_advances_past_an_inconclusive_critical_gate(agent, v1, v
         [{"percent": 5, **QUICK}, 100],
         gates=[{"metric": "success_rate", "max_decrease": 0.05}],
     )
+    # The baseline reports success, the candidate nothing yet: that blocks.
+    ended_on(agent, v1, 5, "base", {"success": True})
     for _ in range(3):
         run_beat()
     rollout.refresh_from_db()
@@ -102,11 +115,11 @@ def test_the_beat_never_advances_past_an_inconclusive_critical_gate(agent, v1, v
 def test_the_beat_leaves_paused_halted_and_closed_rollouts_alone(agent, v1, v2, make_version):
     rollout = start_rollout(agent, v2, [{"percent": 5, **QUICK}, 100])
     engine.transition(rollout.pk, "pause", actor="alice")
-    assert run_beat() == {"evaluated": 0, "changed": 0}
+    assert run_beat() == 0
     rollout.refresh_from_db()
     assert (rollout.state, rollout.stage) == ("paused", 0)
     engine.transition(rollout.pk, "rollback", actor="alice")
-    assert run_beat() == {"evaluated": 0, "changed": 0}
+    assert run_beat() == 0
     assert not RolloutEvent.objects.filter(actor="system").exists()
 
 
