@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from dashboard.services import PALETTE, colour, tolerance_text, version_name, versions_of
 from rollouts import snapshots
-from rollouts.models import Rollout, RolloutEvent, RolloutState
+from rollouts.models import Evaluation, Rollout, RolloutEvent, RolloutState
 from versions.models import Agent, AuditEntry, Version
 
 # --- charts -----------------------------------------------------------------------------
@@ -187,22 +187,18 @@ def rainbow_figure(agent: Agent, window: str, now: datetime | None = None) -> di
     }
 
 
-def evaluations(rollout: Rollout) -> list[dict[str, Any]]:
-    """The gate evaluations known for a rollout, oldest first.
+#: The most looks a rollout page draws: the beat looks every few seconds, and a chart of
+#: the latest few hundred shows the trend without reading the whole history.
+MAX_EVALUATIONS = 500
 
-    This is the one place the rollout page reads evaluation history from. Today that is
-    the evaluations that caused a transition (kept on the rollout's events) and the
-    latest one (``Rollout.last_evaluation``). A stored per-evaluation history replaces
-    the body of this function; each item is an evaluation report as the engine writes
-    it: ``{at, stage, verdict, reason, min_sessions: {candidate, baseline, required},
-    gates: [{metric, stat, verdict, detail, ...}]}``. A gate result that also carries
-    ``estimate``, ``lower`` and ``upper`` (candidate minus baseline, and its interval)
-    and ``tolerance`` gets those drawn too.
-    """
-    found = [event.evaluation for event in rollout.events.all() if event.evaluation]
-    if rollout.last_evaluation and rollout.last_evaluation not in found:
-        found.append(rollout.last_evaluation)
-    return sorted(found, key=lambda report: str(report.get("at", "")))
+
+def evaluations(rollout: Rollout) -> list[dict[str, Any]]:
+    """The rollout's latest gate evaluations, oldest first: one report per look, as the
+    evaluation service records it (``{at, stage, verdict, reason, min_sessions, gates:
+    [{metric, stat, verdict, estimate, lower, upper, tolerance, ...}], srm}``)."""
+    latest = Evaluation.objects.filter(rollout=rollout).order_by("-at", "-id")
+    reports = [report for report in latest.values_list("report", flat=True)[:MAX_EVALUATIONS]]
+    return sorted(reports, key=lambda report: str(report.get("at", "")))
 
 
 def evaluation_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -290,6 +286,10 @@ def samples_figure(reports: list[dict[str, Any]]) -> dict[str, Any]:
 VERDICT_ORDER = ["fail", "inconclusive", "not_reported", "pass"]
 
 
+def _reach(bound: float | None, estimate: float) -> float | None:
+    return abs(bound - estimate) if isinstance(bound, int | float) else None
+
+
 def gate_figures(rollout: Rollout, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One chart per gate: its verdict at each evaluation and, where a result carries
     numbers, the candidate - baseline estimate with its interval and the tolerance."""
@@ -326,11 +326,10 @@ def gate_figures(rollout: Rollout, reports: list[dict[str, Any]]) -> list[dict[s
                     "error_y": {
                         "type": "data",
                         "symmetric": False,
-                        "array": [
-                            r.get("upper", r["estimate"]) - r["estimate"] for _, r in numeric
-                        ],
+                        # An unbounded side (too few samples yet) draws no bar.
+                        "array": [_reach(r.get("upper"), r["estimate"]) for _, r in numeric],
                         "arrayminus": [
-                            r["estimate"] - r.get("lower", r["estimate"]) for _, r in numeric
+                            _reach(r.get("lower"), r["estimate"]) for _, r in numeric
                         ],
                     },
                     "line": {"color": PALETTE[1]},

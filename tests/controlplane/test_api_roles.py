@@ -164,6 +164,7 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     ("PATCH", "/api/agents/{slug}/rollouts/", start_again, MANAGER_ONLY),
     ("DELETE", "/api/agents/{slug}/rollouts/", None, MANAGER_ONLY),
     *read_only("/api/rollouts/{pk}/", NO_HARNESS_READS),
+    *read_only("/api/rollouts/{pk}/evaluations/", NO_HARNESS_READS),
     *manager_posts("/api/rollouts/{pk}/pause/", {}),
     *manager_posts("/api/rollouts/{pk}/resume/", {}),  # GIVEN: paused
     *manager_posts("/api/rollouts/{pk}/advance/", {"reason": "matrix"}),

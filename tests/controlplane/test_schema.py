@@ -190,6 +190,7 @@ def exchanges(agent, make_version, release_manager, harness, viewer):
     call(viewer, "get", "/api/agents/{slug}/rollouts/", rollouts)
     detail = f"/api/rollouts/{rollout['id']}/"
     call(viewer, "get", "/api/rollouts/{id}/", detail)
+    call(viewer, "get", "/api/rollouts/{id}/evaluations/", f"{detail}evaluations/")
     for action in ("evaluate", "pause", "resume", "advance", "rollback"):
         call(release_manager, "post", f"/api/rollouts/{{id}}/{action}/", f"{detail}{action}/", {})
     call(release_manager, "post", "/api/agents/{slug}/rollback/", f"{one}rollback/", {})

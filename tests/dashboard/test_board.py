@@ -50,7 +50,8 @@ def test_the_page_shows_every_version_with_its_numbers(viewer_browser, rollout_f
     assert re.search(r'step-percent">100%</span>\s*<span class="step-status">next', html)
     assert '<th scope="row">error_rate</th>' in html
     assert "latency_ms (p95)" in html
-    assert html.count('<span class="verdict verdict-inconclusive">inconclusive</span>') == 2
+    # No session has reported anything on either arm yet: shown, and not blocking.
+    assert html.count('<span class="verdict verdict-not_reported">not_reported</span>') == 2
     assert "<td data-samples-candidate>0</td>" in html
     # The drain policy and the fragmentation it allows.
     assert "at most 4 versions may have live sessions" in html

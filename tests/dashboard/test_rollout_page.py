@@ -71,11 +71,11 @@ def test_it_charts_every_gate_over_the_evaluations_kept(viewer_browser, halted_t
     assert len(gates) == 2
     for figure in gates:
         assert figure["data"][0]["name"] == "verdict"
-        assert figure["data"][0]["y"] == ["inconclusive", "inconclusive"]
+        assert figure["data"][0]["y"] == ["not_reported", "not_reported"]
     assert 'id="gate-history"' in html
     # The same evaluations as a table.
     assert html.count("<tr data-evaluation>") == 2
-    assert 'error_rate: <span class="verdict verdict-inconclusive">inconclusive</span>' in html
+    assert 'error_rate: <span class="verdict verdict-not_reported">not_reported</span>' in html
     assert "2 evaluations kept for this rollout" in html
 
 
