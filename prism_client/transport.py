@@ -21,6 +21,8 @@ from prism_client.errors import Unavailable, refused
 # Statuses that mean "try again later": the request did not take effect, or taking it
 # again is harmless for the idempotent calls that are retried.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# What sending on a kept-alive connection the server has just closed looks like.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Call:
     status: int | None
     error: str | None
     seconds: float
+    # A kept-alive connection the server had closed: the request was sent again at once.
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,9 @@ class Transport:
     retried up to ``retries`` more times after a network error, a timeout or a
     retryable status, waiting ``backoff_s * 2**n`` seconds (capped at ``max_backoff_s``)
     with jitter, so a fleet of harnesses does not retry in lockstep. Other calls are
-    sent once. Each thread keeps its own keep-alive connection.
+    sent once. A 5xx other than 502, 503 and 504 is a fault, not a pause, and is not
+    retried either. Each thread keeps its own keep-alive connection, and opens a new one
+    after ``idle_s`` idle seconds rather than race the server closing it.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class Transport:
         max_backoff_s: float = 5.0,
         observer: Observer | None = None,
         user_agent: str = "prism-client/1",
+        idle_s: float = 1.0,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -86,6 +93,7 @@ class Transport:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.observer = observer
+        self.idle_s = idle_s
         self._headers = {
             "Authorization": f"Token {token}",
             "Accept": "application/json",
@@ -96,19 +104,22 @@ class Transport:
 
     # --- connections ----------------------------------------------------------------
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it has carried a request before."""
         conn = getattr(self._local, "conn", None)
-        if conn is not None and conn.sock is not None and _dropped(conn.sock):
-            # The server closed this keep-alive connection while it sat idle; sending on
-            # it would fail after the fact, so start afresh.
-            conn.close()
+        if conn is not None and conn.sock is not None:
+            idle = time.monotonic() - getattr(self._local, "used_at", 0.0)
+            if idle > self.idle_s or _dropped(conn.sock):
+                # Servers close idle keep-alive connections (gunicorn after 2 s by
+                # default); one closed meanwhile would fail the request after the fact.
+                conn.close()
         if conn is None:
             if self.scheme == "https":
                 conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
             else:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self._local.conn = conn
-        return conn
+        return conn, conn.sock is not None
 
     def _discard(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -151,24 +162,34 @@ class Transport:
             status: int | None = None
             error: str | None = None
             answer: Answer | None = None
+            reused = False
             try:
-                conn = self._connection()
+                conn, reused = self._connection()
                 conn.request(method, url, body=payload, headers=sent_headers)
                 response = conn.getresponse()
                 data = response.read()
                 status = response.status
                 answer = Answer(status, {k.lower(): v for k, v in response.getheaders()}, data)
+                self._local.used_at = time.monotonic()
                 if response.will_close:
                     self._discard()
             except (OSError, http.client.HTTPException) as exc:
                 self._discard()
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if reused and idempotent and isinstance(exc, _STALE):
+                    # The server closed the kept-alive connection just as the request
+                    # went out: it never saw the request. Say so, and send it afresh at
+                    # once; this is not one of the retries.
+                    self._observe(
+                        name or path, method, path, attempt, None, error, started, stale=True
+                    )
+                    continue
             self._observe(name or path, method, path, attempt, status, error, started)
             if answer is not None and (200 <= answer.status < 300 or answer.status == 304):
                 return answer
             if answer is not None and 400 <= answer.status < 500 and answer.status != 429:
                 raise refused(answer.status, _parsed(answer.body))
-            if attempt >= allowed:
+            if attempt >= allowed or (answer is not None and answer.status not in RETRY_STATUSES):
                 if answer is not None:
                     raise Unavailable(
                         f"{method} {path}: Prism answered {answer.status}", status=answer.status
@@ -199,10 +220,12 @@ class Transport:
         status: int | None,
         error: str | None,
         started: float,
+        *,
+        stale: bool = False,
     ) -> None:
         if self.observer is not None:
             seconds = time.monotonic() - started
-            self.observer(Call(name, method, path, attempt, status, error, seconds))
+            self.observer(Call(name, method, path, attempt, status, error, seconds, stale))
 
 
 def _parsed(body: bytes) -> Any:

@@ -37,6 +37,7 @@ class Web:
         command = [
             str(VENV_BIN / "gunicorn"), "controlplane.wsgi:application",
             "--bind", f"127.0.0.1:{self.port}", "--workers", "1", "--threads", "4",
+            "--no-control-socket",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=_env(), stdout=self.log.open("a"), stderr=subprocess.STDOUT
