@@ -1,5 +1,5 @@
 # The verbs a newcomer needs. Every target bootstraps .venv by itself.
-.PHONY: run test lint format bench migrate shell
+.PHONY: run test lint format bench soak migrate shell
 
 run:  ## Prism, a worker with the beat, and the demo fleet's simulator (SIM=0: no simulator)
 	scripts/run $(if $(filter 0 false no off,$(SIM)),--no-sim)
@@ -15,6 +15,9 @@ format:
 
 bench:  ## Benchmarks (see bench/README.md)
 	scripts/bootstrap && scripts/with-postgres .venv/bin/python -m bench.assign $(BENCH_ARGS)
+
+soak:  ## Soak: the simulator's mixed traffic for 2 minutes against gunicorn, worker and beat
+	scripts/bootstrap && .venv/bin/python -m bench.soak $(SOAK_ARGS)
 
 migrate:
 	scripts/bootstrap && .venv/bin/python manage.py migrate

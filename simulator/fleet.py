@@ -180,12 +180,14 @@ class Driver:
         self.tag = tag
         self.baseline: int | None = None
         self.deploys = 0
+        self.next_arrival = 0.0
 
     def begin(self) -> None:
         """Learn the stable the run starts from (the regression's baseline), then start
         the arrivals and, for a fleet that deploys, the deploy clock."""
         self.baseline = self.client.refresh_routing().stable
-        self.fleet.after(self.arrivals.gap(self.run.rate_per_s), self.arrive)
+        self.next_arrival = time.monotonic() + self.arrivals.gap(self.run.rate_per_s)
+        self.fleet.on_schedule(self.next_arrival, self.arrive)
         if self.scenario.deploy_every_s is not None:
             if self.manager is None:
                 raise ValueError(
@@ -203,7 +205,10 @@ class Driver:
     def arrive(self) -> None:
         # Drawn on the scheduler thread, in order: the same seed, the same sessions.
         plan = self.arrivals.next()
-        self.fleet.after(self.arrivals.gap(self.run.rate_per_s), self.arrive)
+        # Open loop: each arrival is due a gap after the previous one was due, not after
+        # it was handled, so a slow server shows as lag, never as a lower offered rate.
+        self.next_arrival += self.arrivals.gap(self.run.rate_per_s)
+        self.fleet.on_schedule(self.next_arrival, self.arrive)
         self.fleet.submit(lambda: self.start(plan))
 
     def start(self, plan: SessionPlan) -> None:
@@ -372,8 +377,12 @@ class Fleet:
     def after(self, delay_s: float, run: Callable[[], None]) -> None:
         """Run ``run`` on the scheduler thread after ``delay_s`` (for cheap work that
         must stay in order, such as drawing the next arrival)."""
+        self.on_schedule(time.monotonic() + delay_s, run)
+
+    def on_schedule(self, when: float, run: Callable[[], None]) -> None:
+        """Run ``run`` on the scheduler thread at monotonic time ``when``."""
         with self._wake:
-            heapq.heappush(self._heap, _Event(time.monotonic() + delay_s, next(self._seq), run))
+            heapq.heappush(self._heap, _Event(when, next(self._seq), run))
             self._wake.notify()
 
     def submit(self, run: Callable[[], None]) -> None:

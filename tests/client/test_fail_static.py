@@ -3,12 +3,7 @@ working on locally computed pins and are reported once it is back."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,58 +12,7 @@ from prism_client import Client, Directive
 from rollouts import engine
 from rollouts.models import Session
 from tests.client.conftest import issue_token
-from tests.e2e.test_processes import ROOT, VENV_BIN, _env, _free_port
 from tests.rollouts.conftest import expected_version, weights
-
-
-class Web:
-    """gunicorn serving Prism on a fixed port, stopped and started at will."""
-
-    def __init__(self, port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [
-            str(VENV_BIN / "gunicorn"), "controlplane.wsgi:application",
-            "--bind", f"127.0.0.1:{self.port}", "--workers", "1", "--threads", "4",
-            "--no-control-socket",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=_env(), stdout=self.log.open("a"), stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/api/schema/", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("gunicorn did not start:\n" + self.log.read_text())
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@pytest.fixture
-def web(tmp_path) -> Iterator[Web]:
-    server = Web(_free_port(), tmp_path / "gunicorn.log")
-    yield server
-    server.stop()
 
 
 @pytest.mark.django_db(transaction=True)
