@@ -5,10 +5,12 @@ beat's own tasks, so a test decides when the fleet is looked at."""
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +243,49 @@ def test_a_regressed_candidate_is_rolled_back(live_server, tokens, make_version)
     agent.refresh_from_db()
     assert agent.stable_id == v1.pk
     assert agent.routing.weights == {str(v1.pk): 10000}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_it_shuts_down_cleanly_on_a_signal(live_server, tokens, sig):
+    command = [
+        sys.executable,
+        "manage.py",
+        "simulate",
+        "--url",
+        live_server.url,
+        "--token",
+        tokens["harness"],
+        "--manager-token",
+        tokens["manager"],
+        "--scenario",
+        "soak",
+        "--setup",
+        "--rate",
+        "10",
+        "--accel",
+        "600",
+        "--heartbeat",
+        "300",
+    ]
+    fleet = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not Session.objects.filter(agent__slug="soak").count() >= 10:
+            assert fleet.poll() is None, fleet.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        fleet.send_signal(sig)
+        out, err = fleet.communicate(timeout=30)
+    finally:
+        if fleet.poll() is None:
+            fleet.kill()
+    assert fleet.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1].removeprefix("summary: "))
+    assert summary["error_count"] == 0
+    # Nothing more is sent once it has stopped.
+    count = Session.objects.filter(agent__slug="soak").count()
+    assert count == summary["counts"]["started"]
+    time.sleep(0.5)
+    assert Session.objects.filter(agent__slug="soak").count() == count
