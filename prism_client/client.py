@@ -259,7 +259,13 @@ class Client:
     # --- plumbing -------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, body: Any = None, *, name: str, headers=None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        name: str,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         """An idempotent call through the outage breaker."""
         if time.monotonic() < self._down_until:

@@ -180,7 +180,7 @@ class Driver:
         self.tag = tag
         self.baseline: int | None = None
         self.deploys = 0
-        self.next_arrival = 0.0
+        self.next_arrival = self.next_deploy = 0.0
 
     def begin(self) -> None:
         """Learn the stable the run starts from (the regression's baseline), then start
@@ -193,7 +193,8 @@ class Driver:
                 raise ValueError(
                     f"the {self.scenario.name} scenario deploys: it needs a release-manager token"
                 )
-            self.fleet.after(self.fleet.real(self.scenario.deploy_every_s), self.deploy)
+            self.next_deploy = time.monotonic() + self.fleet.real(self.scenario.deploy_every_s)
+            self.fleet.on_schedule(self.next_deploy, self.deploy)
 
     def quality(self, version_id: int) -> Quality:
         if self.scenario.candidate_quality is not None and version_id != self.baseline:
@@ -305,7 +306,8 @@ class Driver:
 
     def deploy(self) -> None:
         """Register a new version and roll it out, superseding any rollout in flight."""
-        self.fleet.after(self.fleet.real(self.scenario.deploy_every_s), self.deploy)
+        self.next_deploy += self.fleet.real(self.scenario.deploy_every_s)
+        self.fleet.on_schedule(self.next_deploy, self.deploy)
         self.fleet.submit(self._deploy)
 
     def _deploy(self) -> None:

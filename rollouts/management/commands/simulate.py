@@ -63,6 +63,9 @@ class Command(BaseCommand):
             "--tag", help="session ids are sim-TAG-N (default: the seed and the start time)"
         )
         parser.add_argument("--concurrency", type=int, default=8, help="HTTP worker threads")
+        parser.add_argument(
+            "--timeout", type=float, default=5.0, help="seconds per HTTP attempt (default 5)"
+        )
         parser.add_argument("--progress", type=float, default=10.0, help="seconds between lines")
         parser.add_argument(
             "--wait", type=float, default=60.0, help="seconds to wait for Prism to answer"
@@ -75,6 +78,8 @@ class Command(BaseCommand):
             accel = options["accel"]
         if not harness_token:
             raise CommandError("a harness token is needed: --token or $PRISM_TOKEN")
+        if not options["timeout"] > 0:
+            raise CommandError("--timeout must be above 0")
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
         if options["heartbeat"] is not None:
@@ -104,7 +109,14 @@ class Command(BaseCommand):
         tag = options["tag"] or f"{options['seed']}-{int(time.time()):x}"
 
         def client(slug: str, token: str, observer=None) -> Client:
-            return Client(options["url"], token, slug, timeout=5, retries=2, observer=observer)
+            return Client(
+                options["url"],
+                token,
+                slug,
+                timeout=options["timeout"],
+                retries=2,
+                observer=observer,
+            )
 
         try:
             for n, run in enumerate(runs):
