@@ -179,6 +179,11 @@ class _Model:
             none *= (1 - p) ** count
         return expected, none
 
+    def ends_by(self, v: _Version) -> float:
+        """When v's last session is gone at the latest: every session of a version
+        retired at r is told to drain by max(r, 0) + A, or when it is force-drained."""
+        return min(v.forced_h, max(v.retired_h, 0.0) + self.age) + self.grace
+
     def _deadline(self, v: _Version, age: float) -> float:
         return min(max(self.age - age, v.retired_h), v.forced_h) + self.grace
 
@@ -232,9 +237,10 @@ def forecast(
     3. Apply the live-version cap now and at each deploy, in time order, on the
        expected fleet, fixing each force-drain time.
     4. For each point, sum over versions the chance of a live session, and the
-       session-hours run while retired during the step that ends there. A retired
-       version whose expected sessions fell below NEGLIGIBLE is dropped, since its count
-       never rises again.
+       session-hours run while retired during the step that ends there. A version is
+       dropped once the policy has surely ended its last session, or once it is retired
+       and its expected sessions fell below NEGLIGIBLE, since that count never rises
+       again.
     """
     _validate(arrivals_per_h, deploy_every_h, policy, horizon_h, step_h, first_deploy_h)
     for state in now:
@@ -285,7 +291,7 @@ def forecast(
                 old += model.old_hours(v, previous, t)
             # A retired version's expected sessions only fall: once negligible, the
             # session-hours it has left are too.
-            if v.retired_h > t or expected >= NEGLIGIBLE:
+            if t < model.ends_by(v) and (v.retired_h > t or expected >= NEGLIGIBLE):
                 keep.append(v)
         alive = keep
         points.append(Point(round(t, 6), live_versions, old))
@@ -303,7 +309,11 @@ def _cap(
 ) -> None:
     """Force-drain the oldest retired versions while more than ``cap`` versions count as
     live at ``at``; versions force-drained earlier and still live cover the excess."""
-    live = [v for v in versions if v is not new and 1 - model.live(v, at)[1] >= LIVE_AT_DEPLOY]
+    live = [
+        v
+        for v in versions
+        if v is not new and at < model.ends_by(v) and 1 - model.live(v, at)[1] >= LIVE_AT_DEPLOY
+    ]
     if new is not None and new.streams:
         live.append(new)
     excess = len(live) - cap
