@@ -1,6 +1,6 @@
 from django.urls import path
 
-from rollouts import api
+from rollouts import api, api_forecast
 
 urlpatterns = [
     path("agents/<slug:slug>/routing/", api.RoutingView.as_view(), name="agent-routing"),
@@ -8,6 +8,7 @@ urlpatterns = [
     path("agents/<slug:slug>/rollback/", api.AgentRollbackView.as_view(), name="agent-rollback"),
     path("agents/<slug:slug>/rollouts/", api.AgentRollouts.as_view(), name="agent-rollouts"),
     path("agents/<slug:slug>/fleet/", api.FleetView.as_view(), name="agent-fleet"),
+    path("agents/<slug:slug>/forecast/", api_forecast.ForecastView.as_view(), name="forecast"),
     path("agents/<slug:slug>/sessions/", api.session_create, name="session-create"),
     path(
         "agents/<slug:slug>/sessions/<path:session_id>/heartbeat/",
