@@ -328,9 +328,7 @@ def gate_figures(rollout: Rollout, reports: list[dict[str, Any]]) -> list[dict[s
                         "symmetric": False,
                         # An unbounded side (too few samples yet) draws no bar.
                         "array": [_reach(r.get("upper"), r["estimate"]) for _, r in numeric],
-                        "arrayminus": [
-                            _reach(r.get("lower"), r["estimate"]) for _, r in numeric
-                        ],
+                        "arrayminus": [_reach(r.get("lower"), r["estimate"]) for _, r in numeric],
                     },
                     "line": {"color": PALETTE[1]},
                     "yaxis": "y2",

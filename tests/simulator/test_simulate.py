@@ -18,10 +18,11 @@ from django.db import connection
 
 from metrics.gates import validate_gates
 from metrics.models import Outcome
+from metrics.tasks import count_assignments
 from rollouts import engine
 from rollouts.drain import live_counts
 from rollouts.models import Rollout, RolloutState, Session
-from rollouts.tasks import enforce_drain_policies, evaluate_rollouts
+from rollouts.tasks import enforce_drain_policies
 from simulator.scenarios import SCENARIOS
 from simulator.traffic import Arrivals
 from tests.client.conftest import issue_token
@@ -55,7 +56,9 @@ class Beat(threading.Thread):
         try:
             while not self.halt.wait(self.every):
                 enforce_drain_policies()
-                evaluate_rollouts()
+                count_assignments()
+                # The tick's fan-out, done in this thread: one evaluation per rollout.
+                engine.evaluate_open_rollouts()
                 agent = Agent.objects.filter(slug=self.slug).first()
                 if agent is not None:
                     self.most_live = max(self.most_live, len(live_counts(agent=agent)))
@@ -200,13 +203,14 @@ def test_the_rainbow_leaves_four_versions_live_and_the_oldest_is_force_drained(l
     assert drained.filter(end_reason="ended by harness").exists()
 
 
+# Tolerances loose enough for the few hundred sessions these short runs make: an
+# anytime-valid interval on 70 candidate sessions is still about +-0.1 wide.
 GATES = [
-    {"metric": "error_rate", "max_increase": 0.1},
+    {"metric": "error_rate", "max_increase": 0.2},
     {"metric": "cost_usd", "max_relative_change": 0.3},
 ]
 
 
-@pytest.mark.xfail(strict=False, reason="needs gate statistics")
 def test_a_healthy_candidate_is_promoted_stage_by_stage(live_server, tokens, make_version):
     stages = [{"percent": p, "min_duration_s": 2, "min_sessions": 30} for p in (25, 50)]
     _, _, v2, rollout = split_agent(make_version, stages=[*stages, {"percent": 100}], gates=GATES)
@@ -216,18 +220,17 @@ def test_a_healthy_candidate_is_promoted_stage_by_stage(live_server, tokens, mak
         simulate(
             live_server,
             tokens,
-            "--scenario healthy --agent research --rate 40 --duration 12",
+            "--scenario healthy --agent research --rate 40 --duration 16",
             FAST,
         )
     finally:
         beat.stop()
     rollout.refresh_from_db()
-    assert rollout.state == RolloutState.PROMOTED
+    assert rollout.state == RolloutState.PROMOTED, json.dumps(rollout.last_evaluation, indent=1)
     assert [e.action for e in rollout.events.all()] == ["start", "auto_advance", "auto_advance"]
     assert Agent.objects.get(slug="research").stable_id == v2.pk
 
 
-@pytest.mark.xfail(strict=False, reason="needs gate statistics")
 def test_a_regressed_candidate_is_rolled_back(live_server, tokens, make_version):
     agent, v1, _, rollout = split_agent(
         make_version,
