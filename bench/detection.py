@@ -150,6 +150,10 @@ def kayenta(alpha: float) -> Callable:
     return judge
 
 
+#: The share of doubled error rates a judge must halt to be compared on exposure.
+MIN_POWER = 0.95
+
+
 @dataclass
 class Row:
     name: str
@@ -349,8 +353,28 @@ def main(argv: list[str] | None = None) -> int:
         print(table(grid_rows))
     print()
     print(f"CPU time {time.process_time() - started:.0f} s")
-    beats = all(prism.exposure < r.exposure for r in rival_best)
-    ok = prism.false_halts <= 0.05 and prism.exposure <= TARGET and beats
+    # A rival counts when, at its best setting that keeps A/A false halts <= 5%, it also
+    # halts at least 95% of the doublings: the power asked of Prism itself. A judge that
+    # promotes a third of the regressions has a small median exposure only because the
+    # regressions it misses are never counted against the median's half.
+    competing = [r for r in rival_best if r.halted >= MIN_POWER]
+    for rival in rival_best:
+        if rival not in competing:
+            print(
+                f"not compared: {rival.name} halts only {100 * rival.halted:.0f}% of doublings "
+                f"(median exposure {fmt(rival.exposure)})"
+            )
+    beats = all(prism.exposure < r.exposure for r in competing)
+    print(
+        f"Prism below every rival with A/A <= 5% and power >= {100 * MIN_POWER:.0f}%: "
+        f"{'yes' if beats else 'no'}"
+    )
+    ok = (
+        prism.false_halts <= 0.05
+        and prism.halted >= MIN_POWER
+        and prism.exposure <= TARGET
+        and beats
+    )
     print(
         f"RESULT detection exposure={fmt(prism.exposure)} "
         f"false_halts={100 * prism.false_halts:.1f} target {TARGET} {'PASS' if ok else 'MISS'}"
