@@ -28,6 +28,20 @@ class RolloutActionForm(ActionForm):
     stage = forms.IntegerField(min_value=0, required=False)
 
 
+class DrainForm(forms.Form):
+    # Forcing a drain ends sessions early: say why, for the audit trail.
+    reason = forms.CharField(max_length=2000, strip=True)
+    sessions = forms.ChoiceField(
+        choices=[("drain", "ask them to drain"), ("terminate", "terminate them")],
+        required=False,
+    )
+    next = forms.CharField(max_length=2000, required=False)
+
+    @property
+    def terminate(self) -> bool:
+        return self.cleaned_data.get("sessions") == "terminate"
+
+
 class ConfirmAgentRollbackForm(forms.Form):
     """The confirm step's query: the routing epoch the page showed."""
 

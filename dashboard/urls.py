@@ -14,6 +14,7 @@ urlpatterns = [
     path("agents/<slug:slug>/compare/", views.compare, name="compare"),
     path("versions/<int:pk>/", views.version_page, name="version"),
     path("versions/<int:pk>/diff/<int:other>/", views.version_diff, name="version-diff"),
+    path("versions/<int:pk>/drain/", views.version_drain, name="version-drain"),
     path("rollouts/<int:pk>/", views.rollout_page, name="rollout"),
     path("rollouts/<int:pk>/<slug:action>/", views.rollout_action, name="rollout-action"),
 ]

@@ -26,7 +26,7 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from dashboard import charts, diffs, forms, services
 from dashboard.access import can_act, manager, reader
-from rollouts import engine
+from rollouts import drain, engine
 from rollouts.models import Rollout
 from versions.models import Agent, Version
 
@@ -326,6 +326,53 @@ def agent_rollback(request: HttpRequest, slug: str) -> HttpResponse:
         request,
         f"Rolled back {agent.slug}: new sessions go to {name} (routing epoch "
         f"{routing.epoch}).{evacuated}",
+        board_url,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@manager
+def version_drain(request: HttpRequest, pk: int) -> HttpResponse:
+    """Force-drain a draining version whose sessions linger: each live session gets
+    ``drain`` (or ``terminate``) at its next heartbeat, audited in the person's name."""
+    version = get_object_or_404(Version.objects.select_related("agent"), pk=pk)
+    board_url = reverse("dashboard:board", args=[version.agent.slug])
+    live = services.live_sessions_of(version.pk)
+    if request.method == "GET":
+        return confirm(
+            request,
+            {
+                "agent": version.agent,
+                "title": f"Force-drain {version.display_name}?",
+                "summary": f"{live} live sessions on {version.display_name} will be told to "
+                "drain at their next heartbeat. A reason is required.",
+                "possible": live > 0,
+                "action_url": request.path,
+                "hidden": {},
+                "reason_required": True,
+                "drain_choice": True,
+                "confirm_label": "Force drain now",
+                "danger": True,
+                "cancel_url": board_url,
+            },
+        )
+    form = forms.DrainForm(request.POST)
+    if not form.is_valid():
+        return bad_request(request, form_errors(form))
+    try:
+        drained = drain.force_drain(
+            version,
+            actor=request.user,
+            reason=form.cleaned_data["reason"],
+            terminate=form.terminate,
+        )
+    except drain.DrainRefused as exc:
+        return refused(request, f"Not drained: {exc}", status=409)
+    verb = "terminate" if form.terminate else "drain"
+    return done(
+        request,
+        f"Force-drained {version.display_name}: {drained.live_sessions} live sessions are told "
+        f"to {verb} at their next heartbeat.",
         board_url,
     )
 

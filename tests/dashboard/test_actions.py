@@ -9,8 +9,8 @@ import json
 import pytest
 from django.test import Client
 
-from rollouts import engine
-from rollouts.models import Rollout, RolloutEvent, Routing, Session
+from rollouts import engine, sessions
+from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, Session
 from tests.dashboard.conftest import browser, htmx, start
 from versions.models import Agent, AuditEntry
 
@@ -51,6 +51,7 @@ def actions(fleet: dict) -> list[tuple[str, dict]]:
             (f"/rollouts/{pk}/{name}/", {"stage": 0, "reason": "r", "sessions": "evacuate"})
             for name in ("pause", "resume", "advance", "rollback")
         ],
+        (f"/versions/{fleet['v1'].pk}/drain/", {"reason": "r", "sessions": "terminate"}),
     ]
 
 
@@ -262,3 +263,35 @@ def test_a_started_rollout_can_be_rolled_back_from_the_rollout_page(manager, age
     html = manager.get(f"/rollouts/{rollout.pk}/").content.decode()
     assert f'hx-get="/rollouts/{rollout.pk}/rollback/?stage=0"' in html
     assert manager.post(f"/rollouts/{rollout.pk}/rollback/", {}, **htmx()).status_code == 204
+
+
+def test_a_lingering_version_is_force_drained_from_the_board_once(manager, agent, make_version):
+    v1, v2 = make_version(agent, "v1"), make_version(agent, "v2")
+    engine.set_stable(agent, v1, actor="ci")
+    for i in range(3):
+        sessions.assign(agent.slug, f"old-{i}")
+    engine.set_stable(agent, v2, actor="ci")  # v1 drains with 3 live sessions
+    board = manager.get(f"/agents/{agent.slug}/").content.decode()
+    assert f'data-force-drain="{v1.pk}"' in board
+    assert f'data-force-drain="{v2.pk}"' not in board  # it has weight: roll back first
+    url = f"/versions/{v1.pk}/drain/"
+    dialog = manager.get(url, **htmx()).content.decode()
+    assert "3 live sessions" in dialog
+    assert "<html" not in dialog
+    # A reason is required: without one nothing changes.
+    assert manager.post(url, {"reason": " "}, **htmx()).status_code == 400
+    assert Lifecycle.objects.get(pk=v1.pk).forced_drain_at is None
+
+    response = manager.post(url, {"reason": "stuck sessions", "sessions": "drain"}, **htmx())
+    assert response.status_code == 204
+    assert "3 live sessions are told to drain" in toast(response)["message"]
+    lifecycle = Lifecycle.objects.get(pk=v1.pk)
+    assert lifecycle.forced_drain_at is not None
+    assert not lifecycle.forced_terminate
+    entry = AuditEntry.objects.get(action="version.force_drained")
+    assert (entry.actor, entry.reason) == (manager.user.username, "stuck sessions")
+    beat = sessions.heartbeat(agent.slug, "old-0")
+    assert beat.directive == "drain"
+    # A second click: already forced, nothing more happens.
+    assert manager.post(url, {"reason": "again", "sessions": "drain"}, **htmx()).status_code == 409
+    assert AuditEntry.objects.filter(action="version.force_drained").count() == 1
