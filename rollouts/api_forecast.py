@@ -214,7 +214,28 @@ class ForecastView(APIView):
         responses=inline_serializer(
             "Forecast",
             {
+                "agent": serializers.SlugField(),
                 "horizon_h": serializers.FloatField(),
+                "step_h": serializers.FloatField(),
+                "deploy_every_h": serializers.FloatField(),
+                "policy": inline_serializer(
+                    "ForecastPolicy",
+                    {
+                        "max_session_age_s": serializers.IntegerField(),
+                        "drain_grace_s": serializers.IntegerField(),
+                        "max_live_versions": serializers.IntegerField(),
+                    },
+                ),
+                "observed": inline_serializer(
+                    "ForecastObserved",
+                    {
+                        "arrivals_per_h": serializers.FloatField(),
+                        "live_sessions": serializers.IntegerField(),
+                        "live_versions": serializers.IntegerField(),
+                        "sessions_in_survival_curve": serializers.IntegerField(),
+                    },
+                ),
+                "deploys_h": serializers.ListField(child=serializers.FloatField()),
                 "points": inline_serializer(
                     "ForecastPoint",
                     {

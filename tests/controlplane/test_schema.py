@@ -173,6 +173,12 @@ def exchanges(agent, make_version, release_manager, harness, viewer):
 
     call(harness, "get", "/api/agents/{slug}/routing/", f"{one}routing/")
     call(viewer, "get", "/api/agents/{slug}/fleet/", f"{one}fleet/")
+    call(
+        viewer,
+        "get",
+        "/api/agents/{slug}/forecast/",
+        f"{one}forecast/?deploy_every_h=6&max_session_age_s=7200&max_live_versions=3",
+    )
 
     v3 = make_version(agent, "v3")
     rollouts = f"{one}rollouts/"
