@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from controlplane.auth import agent_scope
 from controlplane.models import Role
 from versions import services
 from versions.diff import diff_versions
@@ -130,6 +131,12 @@ class AgentList(generics.ListCreateAPIView):
     serializer_class = AgentSerializer
     queryset = Agent.objects.all()
     read_roles = frozenset({Role.VIEWER, Role.HARNESS, Role.RELEASE_MANAGER})
+    scope_filtered = True
+
+    def get_queryset(self) -> QuerySet[Agent]:
+        scope = agent_scope(self.request)
+        agents = super().get_queryset()
+        return agents if scope is None else agents.filter(slug__in=scope)
 
     def perform_create(self, serializer):
         data = serializer.validated_data
@@ -355,9 +362,12 @@ class VersionDetail(generics.RetrieveAPIView):
     serializer_class = VersionSerializer
     queryset = Version.objects.select_related("agent", "created_by")
     read_roles = frozenset({Role.VIEWER, Role.HARNESS, Role.RELEASE_MANAGER})
+    scope_model = Version
 
 
 class VersionDiff(APIView):
+    scope_model = Version
+
     @extend_schema(
         parameters=[
             OpenApiParameter(
@@ -408,6 +418,8 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
 class AuditList(generics.ListAPIView):
     serializer_class = AuditEntrySerializer
+    scope_param = "agent"
+    scope_filtered = True
 
     @extend_schema(
         parameters=[
@@ -421,6 +433,9 @@ class AuditList(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[AuditEntry]:
         entries = AuditEntry.objects.select_related("agent")
+        scope = agent_scope(self.request)
+        if scope is not None:
+            entries = entries.filter(agent__slug__in=scope)
         slug = self.request.query_params.get("agent")
         if slug:
             entries = entries.filter(agent=get_object_or_404(Agent, slug=slug))

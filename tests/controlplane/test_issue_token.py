@@ -151,7 +151,6 @@ def two_agents(db):
     return [Agent.objects.create(slug=slug, name=slug) for slug in ("research", "support")]
 
 
-@pytest.mark.xfail(strict=True, reason="issue_token has no --agent option")
 def test_agent_scopes_the_token_to_those_agents(two_agents):
     out = io.StringIO()
     call_command(
@@ -169,7 +168,6 @@ def test_agent_scopes_the_token_to_those_agents(two_agents):
     assert entry.after == {"role": "viewer", "agents": ["research", "support"]}
 
 
-@pytest.mark.xfail(strict=True, reason="issue_token has no --agent option")
 def test_a_scoped_token_gets_403_for_another_agent(two_agents):
     out = io.StringIO()
     call_command("issue_token", "ci-bot", "--role", "viewer", "--agent", "research", stdout=out)
@@ -181,7 +179,6 @@ def test_a_scoped_token_gets_403_for_another_agent(two_agents):
     assert [a["slug"] for a in client.get("/api/agents/").json()] == ["research"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue_token has no --agent option")
 def test_it_refuses_to_scope_a_token_to_an_unknown_agent(two_agents):
     with pytest.raises(CommandError, match="No agent 'no-such-agent'"):
         call_command(
@@ -193,7 +190,6 @@ def test_it_refuses_to_scope_a_token_to_an_unknown_agent(two_agents):
     assert not get_user_model().objects.filter(username="ci-bot").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue_token has no --expires-in-days option")
 def test_expires_in_days_gives_the_token_an_expiry(db):
     from datetime import timedelta
 
@@ -212,7 +208,6 @@ def test_expires_in_days_gives_the_token_an_expiry(db):
     assert "expired" in response.json()["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue_token has no --expires-in-days option")
 @pytest.mark.parametrize("days", ["0", "-1", "x", "100000"])
 def test_it_refuses_a_bad_expiry(db, days):
     with pytest.raises(CommandError, match="whole number of days"):

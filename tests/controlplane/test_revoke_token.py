@@ -31,9 +31,6 @@ def status(key: str) -> int:
     return client.get("/api/agents/").status_code
 
 
-pytestmark = pytest.mark.xfail(strict=True, reason="there is no revoke_token command")
-
-
 @pytest.mark.parametrize("form", ["key", "prefix", "prism_prefix"])
 def test_it_revokes_by_key_or_prefix(db, form):
     key = issue(role=Role.VIEWER)
