@@ -13,18 +13,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 
 Params = Sequence[Any] | Mapping[str, Any]
 
 
-def prepared_statements() -> bool:
-    """Whether this connection may prepare statements: PostgreSQL, unless
+def prepared_statements(wrapper: Any = None) -> bool:
+    """Whether the connection may prepare statements: PostgreSQL, unless
     ``PRISM_PREPARED_STATEMENTS=false`` (a pooler without prepared-statement support)
     turned it off."""
+    wrapper = wrapper or connections[DEFAULT_DB_ALIAS]
     return (
-        connection.vendor == "postgresql"
-        and connection.settings_dict["OPTIONS"].get("prepare_threshold") is not None
+        wrapper.vendor == "postgresql"
+        and wrapper.settings_dict["OPTIONS"].get("prepare_threshold") is not None
     )
 
 
@@ -33,18 +34,32 @@ def fetchone(sql: str, params: Params) -> tuple | None:
     it, else through Django's cursor.
 
     The prepared statement bypasses Django's cursor wrapper, so it is logged by hand:
-    query counts in tests see it like any other query.
+    query counts in tests see it like any other query. The connection is looked up once
+    per call: every ``django.db.connection.x`` goes through a thread-local proxy, and
+    on this path that adds up.
     """
-    if not prepared_statements():
-        with connection.cursor() as cursor:
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if not prepared_statements(wrapper):
+        with wrapper.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    started = time.monotonic()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    wrapper.ensure_connection()
+    wrapper.validate_no_broken_transaction()
+    logged = wrapper.queries_logged
+    started = time.monotonic() if logged else 0.0
+    with wrapper.wrap_database_errors:
+        cursor = _cursor(wrapper.connection)
         cursor.execute(sql, params, prepare=True)
         row = cursor.fetchone()
-    if connection.queries_logged:
-        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+    if logged:
+        wrapper.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
     return row
+
+
+def _cursor(conn: psycopg.Connection) -> psycopg.Cursor:
+    """One server-side-binding cursor per database connection, reused: a connection
+    belongs to one thread, and each statement here reads its row before the next."""
+    cursor = getattr(conn, "_prism_cursor", None)
+    if cursor is None or cursor.closed:
+        cursor = conn._prism_cursor = psycopg.Cursor(conn)
+    return cursor

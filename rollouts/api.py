@@ -432,7 +432,7 @@ def _plain_start(request: HttpRequest) -> tuple[str, str] | None:
         return None
     if request.content_params.get("charset", "utf-8").lower() not in _UTF_8:
         return None
-    key = token_key(request.headers.get("Authorization", ""))
+    key = token_key(request.META.get("HTTP_AUTHORIZATION", ""))
     if key is None:
         return None
     try:
