@@ -216,7 +216,7 @@ def bodies(draw, world: dict, plain: bool) -> bytes:
 # What a request may vary in. Each example starts from a plain start that succeeds (a
 # harness or manager token, alpha, JSON) and varies at most two of these, so that most
 # examples reach the fast path and the rest probe its edges in pairs (each edge alone is
-# in the sweep above; other verbs never reach the fast path).
+# in the sweep below; other verbs never reach the fast path).
 AXES = ("token", "slug", "query", "content_type", "accept", "body")
 
 
