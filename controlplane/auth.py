@@ -144,7 +144,7 @@ def _caller_sql() -> str:
 def caller_for_key(key: str) -> Caller | None:
     """The caller a token key stands for, or None for a key that matches no token: one
     prepared statement, for the session hot path (no model instances)."""
-    row = db.fetchone(_caller_sql(), [hash_key(key)])
+    row = db.fetchone(_caller_sql(), [hash_key(key)], read_only=True)
     if row is None:
         return None
     user_id, is_active, is_superuser, role, agents, expires_at, revoked_at = row

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -29,20 +29,37 @@ def prepared_statements(wrapper: Any = None) -> bool:
     )
 
 
-def fetchone(sql: str, params: Params) -> tuple | None:
+def fetchone(sql: str, params: Params, *, read_only: bool = False) -> tuple | None:
     """Run one statement and return its first row: prepared where the connection allows
     it, else through Django's cursor.
 
-    The prepared statement bypasses Django's cursor wrapper, so it is logged by hand:
-    query counts in tests see it like any other query. The connection is looked up once
-    per call: every ``django.db.connection.x`` goes through a thread-local proxy, and
-    on this path that adds up.
+    A prepared statement bypasses Django's cursor wrapper, and with it two things that
+    wrapper does, which are done here instead:
+
+    - it is logged by hand, so query counts in tests see it like any other query;
+    - ``CONN_HEALTH_CHECKS`` would replace a persistent connection that died between
+      requests (a database restart) before using it. Here a ``read_only`` statement
+      that fails on a dead connection, outside a transaction, is run again on a new one;
+      this costs nothing while the connection is alive, where the health check costs a
+      round trip per request.
     """
     wrapper = connections[DEFAULT_DB_ALIAS]
     if not prepared_statements(wrapper):
         with wrapper.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
+    try:
+        return _prepared_fetchone(wrapper, sql, params)
+    except OperationalError:
+        if not read_only or wrapper.in_atomic_block or wrapper.is_usable():
+            raise
+        wrapper.close()
+        return _prepared_fetchone(wrapper, sql, params)
+
+
+def _prepared_fetchone(wrapper: Any, sql: str, params: Params) -> tuple | None:
+    # The connection is looked up once per call: every ``django.db.connection.x`` goes
+    # through a thread-local proxy, and on this path that adds up.
     wrapper.ensure_connection()
     wrapper.validate_no_broken_transaction()
     logged = wrapper.queries_logged

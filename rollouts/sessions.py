@@ -252,11 +252,11 @@ def _route(slug: str) -> Route:
     and created again): look the slug up afresh, once.
     """
     agent_id = _agent_ids.get(slug)
-    row = db.fetchone(_READ_ROUTING, [agent_id]) if agent_id is not None else None
+    row = db.fetchone(_READ_ROUTING, [agent_id], read_only=True) if agent_id else None
     if row is None:
         _agent_ids.pop(slug, None)
         agent_id = _agent_id(slug)
-        row = db.fetchone(_READ_ROUTING, [agent_id])
+        row = db.fetchone(_READ_ROUTING, [agent_id], read_only=True)
         if row is None:
             raise NoRoute(slug)
     epoch, updated_at, weights = row
