@@ -59,8 +59,10 @@ def fetchone(sql: str, params: Params, *, read_only: bool = False) -> tuple | No
 
 def _prepared_fetchone(wrapper: Any, sql: str, params: Params) -> tuple | None:
     # The connection is looked up once per call: every ``django.db.connection.x`` goes
-    # through a thread-local proxy, and on this path that adds up.
-    wrapper.ensure_connection()
+    # through a thread-local proxy, and on this path that adds up. Likewise
+    # ensure_connection's async check is only paid when there is no connection yet.
+    if wrapper.connection is None:
+        wrapper.ensure_connection()
     wrapper.validate_no_broken_transaction()
     logged = wrapper.queries_logged
     started = time.monotonic() if logged else 0.0
