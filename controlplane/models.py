@@ -54,7 +54,7 @@ class ApiToken(models.Model):
         null=True,
         blank=True,
         default=None,
-        help_text="Slugs of the only agents this token may act on; empty for every agent.",
+        help_text="Slugs of the only agents this token may act on; null for every agent.",
     )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

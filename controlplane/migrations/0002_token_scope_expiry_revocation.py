@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='apitoken',
             name='agents',
-            field=models.JSONField(blank=True, default=None, help_text='Slugs of the only agents this token may act on; empty for every agent.', null=True),
+            field=models.JSONField(blank=True, default=None, help_text='Slugs of the only agents this token may act on; null for every agent.', null=True),
         ),
         migrations.AddField(
             model_name='apitoken',
