@@ -19,6 +19,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from controlplane import tokens
 from controlplane.models import ApiToken, Profile
 from versions.audit import record
 
@@ -108,24 +109,38 @@ class PrismUserAdmin(UserAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Tokens are issued with ``manage.py issue_token``; here they can only be revoked.
+    """Tokens are issued with ``manage.py issue_token``; here they can only be revoked
+    (the "Revoke" action, or deleting them).
 
     Only a hash and a short prefix are stored, and the hash is not shown either.
     """
 
-    list_display = ["prefix", "user", "created_at"]
+    list_display = ["prefix", "user", "scope", "created_at", "expires_at", "revoked_at"]
     list_select_related = ["user"]
-    list_filter = ["created_at"]
+    list_filter = ["created_at", "revoked_at", "expires_at"]
     search_fields = ["prefix", "user__username"]
-    fields = ["prefix", "user", "created_at"]
+    fields = ["prefix", "user", "scope", "created_at", "expires_at", "revoked_at"]
     readonly_fields = fields
     ordering = ["-created_at"]
+    actions = ["revoke"]
+
+    @admin.display(description="agents")
+    def scope(self, token: ApiToken) -> str:
+        return ", ".join(token.agents) if token.agents is not None else "every agent"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
+
+    @admin.action(description="Revoke selected tokens", permissions=["delete"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        revoked = sum(
+            tokens.revoke(token, actor=request.user, reason="revoked in the admin")
+            for token in queryset.select_related("user")
+        )
+        self.message_user(request, f"Revoked {revoked} of {queryset.count()} selected tokens.")
 
     def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
         self.delete_queryset(request, ApiToken.objects.filter(pk=obj.pk))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -29,8 +31,16 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+KEY_PREFIX = "prism_"
+
+
 class ApiToken(models.Model):
-    """A bearer token. Only its SHA-256 is stored, so a database leak leaks no keys."""
+    """A bearer token. Only its SHA-256 is stored, so a database leak leaks no keys.
+
+    A token acts with its user's role, on every agent or only on those in ``agents``,
+    until it expires or is revoked. Revoking keeps the row: the audit trail and the
+    admin still tell which token it was.
+    """
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
@@ -38,15 +48,40 @@ class ApiToken(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=8, help_text="First characters, to tell tokens apart")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Slugs, not foreign keys: the scope is checked against the slug in the URL without
+    # a query, and an agent's slug never changes.
+    agents = models.JSONField(
+        null=True,
+        blank=True,
+        default=None,
+        help_text="Slugs of the only agents this token may act on; null for every agent.",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
 
     @classmethod
-    def issue(cls, user) -> str:
-        """Create a token for ``user`` and return its key (the only time it is visible)."""
-        key = "prism_" + secrets.token_hex(20)
-        cls.objects.create(user=user, key_hash=hash_key(key), prefix=key[6:14])
+    def issue(
+        cls,
+        user,
+        *,
+        agents: Iterable[str] | None = None,
+        expires_at: datetime | None = None,
+    ) -> str:
+        """Create a token for ``user`` and return its key (the only time it is visible).
+
+        ``agents`` scopes it to those agents' slugs; None leaves it unscoped.
+        """
+        key = KEY_PREFIX + secrets.token_hex(20)
+        cls.objects.create(
+            user=user,
+            key_hash=hash_key(key),
+            prefix=key[len(KEY_PREFIX) : len(KEY_PREFIX) + 8],
+            agents=None if agents is None else sorted(set(agents)),
+            expires_at=expires_at,
+        )
         return key
 
 

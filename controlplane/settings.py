@@ -85,7 +85,7 @@ def database_from_url(name: str, url: str) -> dict:
                 "connect_timeout": envint("DATABASE_CONNECT_TIMEOUT", "3"),
                 # Django's default disables prepared statements; this threshold keeps
                 # automatic preparation off but lets the session hot path prepare its
-                # one statement explicitly (see rollouts.sessions). Behind a pooler
+                # statements explicitly (controlplane.db). Behind a pooler
                 # without prepared-statement support, set PRISM_PREPARED_STATEMENTS=false.
                 "prepare_threshold": 2**31 - 1 if PREPARED_STATEMENTS else None,
                 **options,

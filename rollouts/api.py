@@ -27,7 +27,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api import Conflict, StrictBooleanField, StrictFloatField, StrictSerializer
-from controlplane.models import Role, hash_key
+from controlplane.auth import authorise, caller_for_key, token_key
+from controlplane.models import Role
 from metrics.gates import DEFAULT_GATES, GateError, validate_gates
 from rollouts import drain, engine, sessions
 from rollouts.models import Evaluation, Rollout, Routing, SessionState
@@ -401,6 +402,8 @@ class AgentRollouts(APIView):
 
 
 class RolloutDetail(APIView):
+    scope_model = Rollout
+
     @extend_schema(responses=RolloutSerializer)
     def get(self, request: Request, pk: int) -> Response:
         get_object_or_404(Rollout, pk=pk)
@@ -444,6 +447,7 @@ class RolloutActionSerializer(ReasonSerializer):
 
 class RolloutAction(APIView):
     action_name = ""
+    scope_model = Rollout
 
     @extend_schema(request=RolloutActionSerializer, responses=RolloutSerializer)
     def post(self, request: Request, pk: int) -> Response:
@@ -538,14 +542,64 @@ class VersionDrainView(APIView):
 
 # --- sessions ------------------------------------------------------------------------------
 
+SESSION_START_FIELDS = ("session_id", "version", "started_at", "epoch")
 
-def _session_id(value: Any) -> str:
-    if not isinstance(value, str) or not sessions.valid_session_id(value):
-        raise ValidationError({"session_id": ["1 to 200 printable characters are required."]})
-    return value
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _instant(value: Any) -> datetime | None:
+    """An ISO 8601 date and time with its UTC offset, or None."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _session_start(data: Any) -> tuple[str, sessions.Report | None]:
+    """The session id and, for a pin made locally, the report: every field error at once.
+
+    A report is ``version`` with ``started_at`` (when the session really began) and,
+    optionally, the ``epoch`` of the routing table the harness routed with.
+    """
+    if not isinstance(data, dict):
+        raise ValidationError({"non_field_errors": ["Expected a JSON object."]})
+    errors: dict[str, list[str]] = {
+        key: ["Unknown field."] for key in sorted(set(data) - set(SESSION_START_FIELDS))
+    }
+    session_id = data.get("session_id")
+    if not isinstance(session_id, str) or not sessions.valid_session_id(session_id):
+        errors["session_id"] = ["1 to 200 printable characters are required."]
+    version, started_at, epoch = (data.get(key) for key in SESSION_START_FIELDS[1:])
+    if version is None:
+        for key in ("started_at", "epoch"):
+            if key in data:
+                errors[key] = ["Only for a reported pin, with its version."]
+    else:
+        if not _integer(version):
+            errors["version"] = ["A version id (integer) is required."]
+        if _instant(started_at) is None:
+            errors["started_at"] = [
+                "A reported pin needs the ISO 8601 time the session started, with its UTC "
+                'offset, e.g. "2026-01-31T09:30:00Z".'
+            ]
+        if epoch is not None and not (_integer(epoch) and epoch >= 0):
+            errors["epoch"] = ["The routing epoch (a non-negative integer) or null."]
+    if errors:
+        raise ValidationError(errors)
+    if version is None:
+        return session_id, None
+    return session_id, sessions.Report(version, _instant(started_at), epoch)
 
 
 class SessionCreate(APIView):
+    """The full path of ``POST /agents/{slug}/sessions/``: it defines the contract and its
+    errors. ``session_create`` serves the common case without DRF, the same way."""
+
     read_roles = HARNESS_AND_MANAGER
     write_roles = HARNESS_AND_MANAGER
 
@@ -559,6 +613,18 @@ class SessionCreate(APIView):
                     help_text="Report a pin made locally while Prism was unreachable: "
                     "the version the session already runs on.",
                 ),
+                "started_at": serializers.DateTimeField(
+                    required=False,
+                    help_text="With version: when the session really started (ISO 8601 "
+                    "with offset; at most 30 days ago).",
+                ),
+                "epoch": serializers.IntegerField(
+                    required=False,
+                    allow_null=True,
+                    min_value=0,
+                    help_text="With version: the routing epoch of the table the harness "
+                    "routed with, if it knows it.",
+                ),
             },
         ),
         responses={
@@ -567,20 +633,16 @@ class SessionCreate(APIView):
         },
     )
     def post(self, request: Request, slug: str) -> HttpResponse:
-        data = request.data if isinstance(request.data, dict) else {}
-        session_id = _session_id(data.get("session_id"))
-        reported = data.get("version")
-        if reported is not None and (isinstance(reported, bool) or not isinstance(reported, int)):
-            raise ValidationError({"version": ["A version id (integer) is required."]})
+        session_id, report = _session_start(request.data)
         try:
-            assignment = sessions.assign(slug, session_id, reported)
+            assignment = sessions.assign(slug, session_id, report)
         except sessions.NotFound:
             raise NotFound(f"No agent {slug!r}.") from None
         except sessions.NoRoute:
             raise Conflict("The agent has no stable version yet; nothing to route to.") from None
-        except sessions.UnknownVersion:
+        except sessions.InvalidReport as exc:
             raise ValidationError(
-                {"version": [f"Version {reported} is not a version of {slug!r}."]}
+                {field: [message] for field, message in exc.errors.items()}
             ) from None
         except sessions.PinConflict as exc:
             raise Conflict(
@@ -594,36 +656,68 @@ def _assignment_response(assignment: sessions.Assignment) -> HttpResponse:
         sessions.assignment_json(assignment),
         content_type="application/json",
         status=status.HTTP_201_CREATED if assignment.created else status.HTTP_200_OK,
+        headers={"Allow": _ALLOW},
     )
 
 
 _full_session_create = SessionCreate.as_view()
+# DRF sets Allow on every answer of the full view; the fast path sets the same.
+_ALLOW = ", ".join(SessionCreate().allowed_methods)
+_FAST_ACCEPT = frozenset({None, "*/*", "application/json"})
+_UTF_8 = frozenset({"utf-8", "utf8"})
+
+
+def _plain_start(request: HttpRequest) -> tuple[str, str] | None:
+    """(token key, session id) if the request is a plain session start that the full
+    view would accept as it stands, else None.
+
+    Plain means: a POST with no query string (DRF reads ``?format=``), asking for JSON
+    or anything, sending ``Content-Type: application/json`` in UTF-8 (what DRF's parser
+    takes), authenticated by a token, with a body that is exactly ``{"session_id"}``
+    and a valid id. Anything else, however odd, is the full view's to answer.
+    """
+    if request.method != "POST" or request.META.get("QUERY_STRING"):
+        return None
+    if request.META.get("HTTP_ACCEPT") not in _FAST_ACCEPT:
+        return None
+    if request.content_type != "application/json":
+        return None
+    if request.content_params.get("charset", "utf-8").lower() not in _UTF_8:
+        return None
+    key = token_key(request.META.get("HTTP_AUTHORIZATION", ""))
+    if key is None:
+        return None
+    try:
+        body = json.loads(request.body.decode())
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's
+        return None
+    if not isinstance(body, dict) or body.keys() != {"session_id"}:
+        return None
+    session_id = body["session_id"]
+    if not isinstance(session_id, str) or not sessions.valid_session_id(session_id):
+        return None
+    return key, session_id
 
 
 @functools.wraps(_full_session_create)
 def session_create(request: HttpRequest, slug: str) -> HttpResponse:
-    """``POST /agents/{slug}/sessions/``: the hot path, in front of the full DRF view.
+    """``POST /agents/{slug}/sessions/``: the fast path, in front of the full DRF view.
 
-    A harness with a token, a plain ``{"session_id"}`` body and nothing unusual to handle
-    is served with one statement and no DRF machinery. Everything else (browser
-    sessions, reported pins, bad input, unknown agents, refusals, directives that must
-    write) goes to ``SessionCreate``, so the contract and its errors are defined in one
-    place.
+    A plain start (``_plain_start``) by a caller the one authorisation rule allows is
+    served without DRF: the caller's token read (controlplane's prepared statement),
+    then ``sessions.assign`` as the full view calls it. Everything else, and every
+    error, goes to ``SessionCreate``, which words the answer; nothing has been written
+    by then. Both answer with the same bytes.
     """
-    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    if request.method == "POST" and scheme == "Token" and key:
-        try:
-            body = json.loads(request.body)
-        except ValueError:
-            body = None
-        plain = isinstance(body, dict) and body.keys() == {"session_id"}
-        session_id = body["session_id"] if plain else None
-        if isinstance(session_id, str) and sessions.valid_session_id(session_id):
-            assignment = sessions.assign_for_token(
-                slug, session_id, hash_key(key.strip()), HARNESS_AND_MANAGER
-            )
-            if assignment is not None:
-                return _assignment_response(assignment)
+    plain = _plain_start(request)
+    if plain is not None:
+        key, session_id = plain
+        caller = caller_for_key(key)
+        if authorise(caller, roles=HARNESS_AND_MANAGER, agent=slug).allowed:
+            try:
+                return _assignment_response(sessions.assign(slug, session_id))
+            except (sessions.NotFound, sessions.NoRoute):
+                pass
     return _full_session_create(request, slug=slug)
 
 

@@ -1,29 +1,28 @@
 """Session assignment, heartbeats and ends: the hot path (DESIGN §5).
 
-Assignment is one read of the agent's routing row (joined with the agent), a compiled
-table cached by epoch, and one upsert that both pins new sessions and returns existing
-pins. With token authentication that is three queries in all.
+Assignment is one read of the agent's routing row, a compiled table cached by epoch,
+and one upsert that both pins new sessions and returns existing pins: two prepared
+statements. With the caller's token read, a new session costs three.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
+from controlplane import db
 from metrics import outcomes, rollups
 from rollouts import routing as routing_mod
 from rollouts.drain import mark_drained_if_empty, revive
-from rollouts.models import Routing, Session, SessionState
+from rollouts.models import Session, SessionState
 from versions.api import version_payload as serialize_version
 from versions.audit import SYSTEM, record
 from versions.models import Agent, Version
@@ -37,10 +36,6 @@ class NotFound(Exception):
 
 class NoRoute(Exception):
     """The agent has no version to route to (no stable has been set)."""
-
-
-class UnknownVersion(Exception):
-    """A reported version that is not a version of this agent."""
 
 
 class PinConflict(Exception):
@@ -206,6 +201,28 @@ def version_payload(version_id: int) -> tuple[dict, bytes]:
 
 # --- assignment --------------------------------------------------------------------------
 
+# A pin reported by a harness that routed locally began at most this long ago, and at
+# most this far ahead of our clock (the harness's clock may run a little fast).
+REPORT_MAX_AGE = timedelta(days=30)
+REPORT_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A pin the harness made itself while Prism was unreachable ("fail static")."""
+
+    version: int
+    started_at: datetime
+    epoch: int | None = None  # the routing epoch of the table it routed with, if it knows
+
+
+class InvalidReport(Exception):
+    """A reported pin that cannot be true; ``errors`` maps each field to why."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
 
 @dataclass
 class Assignment:
@@ -217,23 +234,31 @@ class Assignment:
     state: str
 
 
+@dataclass(frozen=True)
+class Route:
+    agent_id: int
+    epoch: int
+    table: routing_mod.Table
+
+
+# The routing row, read on every assignment so that a change is seen by the very next
+# one; the weights are compiled only when the epoch moved (routing.cached_table).
+_READ_ROUTING = """
+SELECT epoch, updated_at, weights FROM rollouts_routing WHERE agent_id = %s
+"""
+
 # An existing pin wins the (agent, session_id) conflict; asking again counts as a sign
 # of life for a live session. xmax = 0 only on the row version this statement inserted.
-_ON_CONFLICT_KEEP_PIN = """
+_UPSERT_PG = """
+INSERT INTO rollouts_session
+    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason, epoch)
+VALUES (%s, %s, %s, 'live', %s, %s, '', %s)
 ON CONFLICT (agent_id, session_id) DO UPDATE
     SET last_seen_at = CASE WHEN rollouts_session.state = 'live'
                             THEN EXCLUDED.last_seen_at
                             ELSE rollouts_session.last_seen_at END
+RETURNING id, version_id, state, started_at, drain_at, (xmax = 0) AS inserted
 """
-
-_UPSERT_PG = (
-    """
-INSERT INTO rollouts_session
-    (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason, epoch)
-VALUES (%s, %s, %s, 'live', %s, %s, '', %s)"""
-    + _ON_CONFLICT_KEEP_PIN
-    + "RETURNING id, version_id, state, started_at, drain_at, (xmax = 0) AS inserted"
-)
 
 _INSERT_SQLITE = """
 INSERT INTO rollouts_session
@@ -243,34 +268,78 @@ ON CONFLICT (agent_id, session_id) DO NOTHING
 RETURNING id, version_id, state, started_at, drain_at
 """
 
+# slug -> agent id. Slugs never change, and ids are never reused, so the only way this
+# goes wrong is an agent deleted (its routing row goes with it): see _route.
+_agent_ids: dict[str, int] = {}
+_MAX_AGENTS = 10000
+
+
+def _agent_id(slug: str) -> int:
+    agent_id = Agent.objects.filter(slug=slug).values_list("pk", flat=True).first()
+    if agent_id is None:
+        raise NotFound(slug)
+    if len(_agent_ids) >= _MAX_AGENTS:
+        _agent_ids.clear()
+    _agent_ids[slug] = agent_id
+    return agent_id
+
+
+def _route(slug: str) -> Route:
+    """The agent's routing as of now: one statement once the agent's id is known.
+
+    A missing routing row for a remembered id means the agent is gone (or was deleted
+    and created again): look the slug up afresh, once.
+    """
+    agent_id = _agent_ids.get(slug)
+    row = db.fetchone(_READ_ROUTING, [agent_id], read_only=True) if agent_id else None
+    if row is None:
+        _agent_ids.pop(slug, None)
+        agent_id = _agent_id(slug)
+        row = db.fetchone(_READ_ROUTING, [agent_id], read_only=True)
+        if row is None:
+            raise NoRoute(slug)
+    epoch, updated_at, weights = row
+    table = routing_mod.cached_table(
+        agent_id, epoch, _as_datetime(updated_at),
+        lambda: json.loads(weights) if isinstance(weights, str | bytes) else weights,
+    )  # fmt: skip
+    return Route(agent_id, epoch, table)
+
 
 def _upsert(
-    agent_id: int, session_id: str, version_id: int, now: datetime, epoch: int | None
+    agent_id: int,
+    session_id: str,
+    version_id: int,
+    started_at: datetime,
+    now: datetime,
+    epoch: int | None,
 ) -> tuple:
-    """Pin the session to ``version_id`` unless it is pinned already; one statement on
-    PostgreSQL. The unique (agent, session_id) constraint decides concurrent duplicates,
-    and every caller gets the row that won."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_UPSERT_PG, [agent_id, session_id, version_id, now, now, epoch])
-            return cursor.fetchone()
-        # SQLite serialises writers, so insert-or-read is race-free there.
-        with transaction.atomic():
-            cursor.execute(_INSERT_SQLITE, [agent_id, session_id, version_id, now, now, epoch])
-            row = cursor.fetchone()
-            if row is not None:
-                return (*row, True)
-            session = Session.objects.get(agent_id=agent_id, session_id=session_id)
-            if session.state == SessionState.LIVE:
-                Session.objects.filter(pk=session.pk).update(last_seen_at=now)
-            return (
-                session.pk,
-                session.version_id,
-                session.state,
-                session.started_at,
-                session.drain_at,
-                False,
-            )
+    """Pin the session to ``version_id`` unless it is pinned already, and return
+    (id, version_id, state, started_at, drain_at, inserted) of the pin that holds.
+
+    One prepared statement on PostgreSQL: the unique (agent, session_id) constraint
+    decides concurrent duplicates, and every caller gets the row that won.
+    """
+    params = [agent_id, session_id, version_id, started_at, now, epoch]
+    if connection.vendor == "postgresql":
+        return db.fetchone(_UPSERT_PG, params)
+    # SQLite serialises writers, so insert-or-read is race-free there.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQLITE, params)
+        row = cursor.fetchone()
+        if row is not None:
+            return (*row, True)
+        session = Session.objects.get(agent_id=agent_id, session_id=session_id)
+        if session.state == SessionState.LIVE:
+            Session.objects.filter(pk=session.pk).update(last_seen_at=now)
+        return (
+            session.pk,
+            session.version_id,
+            session.state,
+            session.started_at,
+            session.drain_at,
+            False,
+        )
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -281,59 +350,79 @@ def _as_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def assign(slug: str, session_id: str, reported: int | None = None) -> Assignment:
+def _checked(report: Report, route: Route, now: datetime) -> Report:
+    """The report as it will be stored, or InvalidReport with every reason at once.
+
+    1. The version must be one of this agent's.
+    2. ``started_at`` must lie in the window a fail-static session can have begun in.
+    3. An epoch the agent has not reached yet cannot be the table's: stored as unknown.
+    """
+    errors = {}
+    if not Version.objects.filter(pk=report.version, agent_id=route.agent_id).exists():
+        errors["version"] = f"Version {report.version} is not a version of this agent."
+    if report.started_at > now + REPORT_CLOCK_SKEW:
+        errors["started_at"] = "The session cannot start in the future."
+    elif report.started_at < now - REPORT_MAX_AGE:
+        errors["started_at"] = (
+            f"A reported session must have started in the last {REPORT_MAX_AGE.days} days."
+        )
+    if errors:
+        raise InvalidReport(errors)
+    if report.epoch is not None and report.epoch > route.epoch:
+        return Report(report.version, report.started_at, None)
+    return report
+
+
+def assign(slug: str, session_id: str, report: Report | None = None) -> Assignment:
     """Pin a new session by weight, or return the existing pin, and decide its directive.
 
-    ``reported`` is a version the harness already ran the session on, having routed it
-    locally while the control plane was unreachable ("fail static"): the pin records
-    that version instead of computing one. It must be a version of this agent, and it
-    must agree with a pin that already exists (``PinConflict`` otherwise).
+    1. Read the agent's routing row (two statements, one once the agent's id is known).
+    2. Pick the version by the session's bucket, or take the one the harness reports it
+       already ran the session on (``report``), if that report can be true.
+    3. Upsert the pin with the epoch its version came from: one statement.
+    4. A reported pin must agree with a pin that already exists (``PinConflict``).
+    5. An existing pin gets the directive the policy in force gives it now (reading the
+       agent's policy: one more statement), and what that implies is written.
     """
     now = timezone.now()
-    try:
-        routing = Routing.objects.select_related("agent").get(agent__slug=slug)
-    except Routing.DoesNotExist:
-        if Agent.objects.filter(slug=slug).exists():
-            raise NoRoute(slug) from None
-        raise NotFound(slug) from None
-    table = routing_mod.table_for(routing)
-    if reported is not None:
-        if not Version.objects.filter(pk=reported, agent_id=routing.agent_id).exists():
-            raise UnknownVersion(reported)
-        target = reported
+    route = _route(slug)
+    if report is not None:
+        report = _checked(report, route, now)
+        target, started_at, epoch = report.version, report.started_at, report.epoch
     else:
-        target = table.pick(routing_mod.bucket(slug, session_id))
+        target = route.table.pick(routing_mod.bucket(slug, session_id))
+        started_at, epoch = now, route.epoch
     if target is None:
         raise NoRoute(slug)
     pk, version_id, state, started_at, drain_at, inserted = _upsert(
-        routing.agent_id, session_id, target, now, None if reported is not None else routing.epoch
+        route.agent_id, session_id, target, started_at, now, epoch
     )
-    if reported is not None and version_id != reported:
+    if report is not None and version_id != report.version:
         raise PinConflict(version_id)
     started_at = _as_datetime(started_at)
-    directive = CONTINUE
-    if not inserted:
-        session = Session(
-            pk=pk,
-            agent=routing.agent,
-            session_id=session_id,
-            version_id=version_id,
-            state=state,
-            started_at=started_at,
-            drain_at=_as_datetime(drain_at),
-        )
-        active = table.routes(version_id)
-        verdict = decide(
-            state=state,
-            started_at=started_at,
-            drain_at=session.drain_at,
-            version_active=active,
-            policy=routing.agent.drain_policy,
-            now=now,
-        )
-        _apply_verdict(session, verdict, routing.agent, now, version_active=active)
-        directive, state = verdict.directive, session.state
-    return Assignment(session_id, version_id, bool(inserted), directive, started_at, state)
+    if inserted:
+        return Assignment(session_id, version_id, True, CONTINUE, started_at, state)
+    agent = Agent.objects.get(pk=route.agent_id)
+    session = Session(
+        pk=pk,
+        agent=agent,
+        session_id=session_id,
+        version_id=version_id,
+        state=state,
+        started_at=started_at,
+        drain_at=_as_datetime(drain_at),
+    )
+    active = route.table.routes(version_id)
+    verdict = decide(
+        state=state,
+        started_at=started_at,
+        drain_at=session.drain_at,
+        version_active=active,
+        policy=agent.drain_policy,
+        now=now,
+    )
+    _apply_verdict(session, verdict, agent, now, version_active=active)
+    return Assignment(session_id, version_id, False, verdict.directive, started_at, session.state)
 
 
 def assignment_json(assignment: Assignment) -> bytes:
@@ -349,142 +438,6 @@ def assignment_json(assignment: Assignment) -> bytes:
         b',"started_at":', encode(assignment.started_at).encode(),
         b"}",
     ))  # fmt: skip
-
-
-# Everything the hot path reads, in one round trip: the caller's token, user and role,
-# and the agent's routing row and drain policy.
-_CALLER_AND_ROUTE = """
-WITH caller AS (
-    SELECT u.is_active, u.is_superuser, p.role
-    FROM controlplane_apitoken t
-    JOIN auth_user u ON u.id = t.user_id
-    LEFT JOIN controlplane_profile p ON p.user_id = u.id
-    WHERE t.key_hash = %(key)s
-), route AS (
-    SELECT r.agent_id, r.epoch, r.updated_at, r.weights, a.max_session_age_s, a.drain_grace_s
-    FROM versions_agent a JOIN rollouts_routing r ON r.agent_id = a.id
-    WHERE a.slug = %(slug)s
-)"""
-
-_HOT_READ = (
-    _CALLER_AND_ROUTE
-    + """
-SELECT route.*, caller.* FROM route CROSS JOIN caller
-"""
-)
-
-# The same read with the pin in the same statement (PostgreSQL). The pin is written only
-# if the routing row is still the one the caller's table was compiled from and the
-# caller may start sessions; otherwise its columns come back null and nothing changed.
-_HOT_READ_AND_PIN = (
-    _CALLER_AND_ROUTE
-    + """, pin AS (
-    INSERT INTO rollouts_session
-        (agent_id, session_id, version_id, state, started_at, last_seen_at, end_reason, epoch)
-    SELECT route.agent_id, %(session_id)s, %(version)s, 'live', %(now)s, %(now)s, '', route.epoch
-    FROM route CROSS JOIN caller
-    WHERE route.agent_id = %(agent_id)s AND route.epoch = %(epoch)s
-      AND route.updated_at = %(updated_at)s
-      AND caller.is_active AND (caller.is_superuser OR caller.role = ANY(%(roles)s))"""
-    + _ON_CONFLICT_KEEP_PIN
-    + """RETURNING version_id, state, started_at, drain_at, (xmax = 0) AS inserted
-)
-SELECT route.*, caller.*, pin.*
-FROM route CROSS JOIN caller LEFT JOIN pin ON true
-"""
-)
-
-
-def _prepared_fetchone(sql: str, params: dict[str, Any]) -> tuple | None:
-    """Run one statement as a server-side prepared statement on Django's connection.
-
-    Planning the hot statement costs more than running it, and Django's client-side
-    binding plans every execution afresh. Preparing it once per connection removes
-    that. The query is logged like any other, so query counts in tests still see it.
-    """
-    if connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-    connection.ensure_connection()
-    started = time.monotonic()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        row = cursor.fetchone()
-    if connection.queries_logged:
-        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
-    return row
-
-
-# slug -> (agent_id, epoch, updated_at, table): the routing this process saw last, so
-# the next pin can be written in the same statement as the read that checks it.
-_known_routes: dict[str, tuple[int, int, datetime, routing_mod.Table]] = {}
-
-
-def assign_for_token(
-    slug: str, session_id: str, key_hash: str, roles: frozenset[str]
-) -> Assignment | None:
-    """The hot path for a harness with an API token: one round trip when warm.
-
-    1. Pick the version from the table this process compiled for the agent's last seen
-       routing, and send one statement that reads the caller's role and the agent's
-       routing row and writes the pin, if that routing is still current.
-    2. If the routing moved on (or this process has not seen the agent yet), compile
-       the table for the epoch just read and upsert the pin: a second round trip.
-    3. For an existing pin, decide the directive.
-
-    Anything short of plainly fine (unknown token or agent, a role that may not start
-    sessions, nothing to route to, a directive that must write) returns None, and the
-    caller takes the full path, which gives the canonical answer or error. Nothing is
-    written for a caller that may not start sessions.
-    """
-    now = timezone.now()
-    bucket = routing_mod.bucket(slug, session_id)
-    known = _known_routes.get(slug)
-    guess = known[3].pick(bucket) if known is not None else None
-    if guess is not None and connection.vendor == "postgresql":
-        row = _prepared_fetchone(_HOT_READ_AND_PIN, {
-            "key": key_hash, "slug": slug, "session_id": session_id, "version": guess,
-            "now": now, "agent_id": known[0], "epoch": known[1], "updated_at": known[2],
-            "roles": [str(role) for role in roles],
-        })  # fmt: skip
-    else:
-        with connection.cursor() as cursor:
-            cursor.execute(_HOT_READ, {"key": key_hash, "slug": slug})
-            row = cursor.fetchone()
-    if row is None:
-        return None
-    agent_id, epoch, updated_at, weights, max_age, grace, is_active, superuser, role = row[:9]
-    if not is_active or not (superuser or role in roles):
-        return None
-    pin = row[9:]
-    if not pin or pin[0] is None:
-        updated_at = _as_datetime(updated_at)
-        table = routing_mod.cached_table(
-            agent_id, epoch, updated_at,
-            lambda: json.loads(weights) if isinstance(weights, str | bytes) else weights,
-        )  # fmt: skip
-        _known_routes[slug] = (agent_id, epoch, updated_at, table)
-        target = table.pick(bucket)
-        if target is None:
-            return None
-        pin = _upsert(agent_id, session_id, target, now, epoch)[1:]
-    version_id, state, started_at, drain_at, inserted = pin
-    started_at = _as_datetime(started_at)
-    directive = CONTINUE
-    if not inserted:
-        verdict = decide(
-            state=state,
-            started_at=started_at,
-            drain_at=_as_datetime(drain_at),
-            version_active=_known_routes[slug][3].routes(version_id),
-            policy={"max_session_age_s": max_age, "drain_grace_s": grace},
-            now=now,
-        )
-        if verdict.start_drain or verdict.expire:
-            return None
-        directive = verdict.directive
-    return Assignment(session_id, version_id, bool(inserted), directive, started_at, state)
 
 
 # --- heartbeat, end, feedback ------------------------------------------------------------

@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api import StrictFieldsMixin, StrictSerializer
+from controlplane.auth import agent_scope
 from controlplane.models import Role
 from versions import services
 from versions.diff import diff_versions
@@ -117,6 +118,12 @@ class AgentList(generics.ListCreateAPIView):
     serializer_class = AgentSerializer
     queryset = Agent.objects.all()
     read_roles = frozenset({Role.VIEWER, Role.HARNESS, Role.RELEASE_MANAGER})
+    scope_filtered = True
+
+    def get_queryset(self) -> QuerySet[Agent]:
+        scope = agent_scope(self.request)
+        agents = super().get_queryset()
+        return agents if scope is None else agents.filter(slug__in=scope)
 
     def perform_create(self, serializer):
         data = serializer.validated_data
@@ -352,6 +359,7 @@ class VersionDetail(generics.RetrieveAPIView):
     serializer_class = VersionSerializer
     queryset = Version.objects.select_related("agent", "created_by")
     read_roles = frozenset({Role.VIEWER, Role.HARNESS, Role.RELEASE_MANAGER})
+    scope_model = Version
 
 
 # The diff's shape, for the schema only: versions.diff builds the answer itself.
@@ -440,6 +448,8 @@ class VersionDiffSerializer(serializers.Serializer):
 
 
 class VersionDiff(APIView):
+    scope_model = Version
+
     @extend_schema(
         parameters=[
             OpenApiParameter(
@@ -490,6 +500,8 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
 class AuditList(generics.ListAPIView):
     serializer_class = AuditEntrySerializer
+    scope_param = "agent"
+    scope_filtered = True
 
     @extend_schema(
         parameters=[
@@ -503,6 +515,9 @@ class AuditList(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[AuditEntry]:
         entries = AuditEntry.objects.select_related("agent")
+        scope = agent_scope(self.request)
+        if scope is not None:
+            entries = entries.filter(agent__slug__in=scope)
         slug = self.request.query_params.get("agent")
         if slug:
             entries = entries.filter(agent=get_object_or_404(Agent, slug=slug))

@@ -14,6 +14,19 @@ an endpoint needs (a paused rollout to resume, no open rollout to set the stable
 refused request (401, 403, 405, 409, ...) must leave the database as it was, and a
 permitted write must change it.
 
+Tokens may be scoped to agents, revoked or expired. Every row is also run with
+``<role>-in`` (a harness or release-manager token scoped to the matrix agent),
+``<role>-out`` (scoped to another agent only), ``revoked`` and ``expired``
+(release-manager tokens). Their statuses follow from the row's by the rules in
+``scoped_status``:
+
+- scoped in: as unscoped, except that a scoped token may not write to an endpoint that is
+  about no single agent (creating agents): 403;
+- scoped out: 403 on everything about an agent, whatever the verb; lists (the agents)
+  are readable and filtered to the scope; public pages are public;
+- revoked or expired: 401 everywhere, public pages too (bad credentials are never
+  anonymous access).
+
 The world is built once for the module, in a transaction that each test's own
 transaction nests in and that is rolled back at the end: the matrix has hundreds of rows.
 So no test in this module may use ``transactional_db``.
@@ -23,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -44,6 +58,17 @@ VIEWER, HARNESS, MANAGER = "viewer", "harness", "release-manager"
 OUTSIDER, ANONYMOUS = "outsider", "anonymous"
 ROLES = (VIEWER, HARNESS, MANAGER, OUTSIDER, ANONYMOUS)
 ROLE_OF = {VIEWER: Role.VIEWER, HARNESS: Role.HARNESS, MANAGER: Role.RELEASE_MANAGER}
+# Tokens with a scope, revoked or expired: (base role, scope, state).
+IN, OUT = "in", "out"
+REVOKED, EXPIRED = "revoked", "expired"
+TOKEN_KINDS: dict[str, tuple[str, str | None, str | None]] = {
+    **{f"{role}-{side}": (role, side, None) for role in ROLE_OF for side in (IN, OUT)},
+    REVOKED: (MANAGER, None, REVOKED),
+    EXPIRED: (MANAGER, None, EXPIRED),
+}
+# A scoped viewer's reads go through the same rule as a scoped release manager's: the
+# matrix leaves them out (they are in the list tests below).
+MATRIX_KINDS = [kind for kind in TOKEN_KINDS if not kind.startswith(f"{VIEWER}-")]
 VERBS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 WRITES = frozenset(VERBS) - {"GET", "HEAD", "OPTIONS"}
 
@@ -107,6 +132,7 @@ def harness_posts(url: str, body: Any, status: int = 200) -> list[tuple]:
 
 NEW_TUPLE = tuple_with(code={"ref": "git:feedface"})
 SLUG = "matrix"
+ELSEWHERE = "elsewhere"  # the other agent, which the "-out" tokens are scoped to
 SESSION = "matrix-session-1"
 # Stage 0 holds for an hour: evaluating it changes nothing but the evaluation itself.
 STAGES = [{"percent": 10, "min_duration_s": 3600}, {"percent": 50}, {"percent": 100}]
@@ -228,12 +254,34 @@ GIVEN: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
+PUBLIC = ("/api/schema/", "/api/docs/")
+LISTS = ("/api/agents/",)  # about no single agent: readable by scoped tokens, filtered
+
+
+def scoped_status(kind: str, method: str, url: str, expected: dict[str, int]) -> int:
+    """The status a scoped, revoked or expired token gets, from the unscoped role's."""
+    role, side, state = TOKEN_KINDS[kind]
+    unscoped = expected[role]
+    if url in PUBLIC:
+        return 401 if state else unscoped
+    if state:
+        return 401
+    if url in LISTS:
+        return unscoped if method not in WRITES else 403
+    return unscoped if side == IN else 403
+
+
 def cases():
     for method, url, body, expected in MATRIX:
         for role in ROLES:
             yield pytest.param(
                 method, url, body, role, expected[role], id=f"{method} {url} as {role}"
             )
+        for kind in MATRIX_KINDS:
+            yield pytest.param(
+                method, url, body, kind, scoped_status(kind, method, url, expected),
+                id=f"{method} {url} as {kind}",
+            )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -259,19 +307,42 @@ def world(django_db_setup, django_db_blocker):
             actor=SYSTEM,
         )
         sessions.assign(SLUG, SESSION)
+        elsewhere = Agent.objects.create(slug=ELSEWHERE, name="Another team's agent")
         keys = {}
         for role in (VIEWER, HARNESS, MANAGER, OUTSIDER):
             user = get_user_model().objects.create_user(username=f"matrix-{role}")
             if role in ROLE_OF:
                 Profile.objects.create(user=user, role=ROLE_OF[role])
             keys[role] = ApiToken.issue(user)
-        yield {"agent": agent, "version": v2, "other": v1, "rollout": rollout, "keys": keys}
+        yield {
+            "agent": agent,
+            "version": v2,
+            "other": v1,
+            "rollout": rollout,
+            "keys": keys,
+            "elsewhere": elsewhere,
+        }
         transaction.set_rollback(True)
+
+
+def token_of(kind: str) -> str:
+    """A new token of a scoped, revoked or expired kind (the test's savepoint undoes it)."""
+    role, side, state = TOKEN_KINDS[kind]
+    user = get_user_model().objects.create_user(username=f"matrix-{kind}")
+    Profile.objects.create(user=user, role=ROLE_OF[role])
+    scope = {IN: [SLUG], OUT: [ELSEWHERE], None: None}[side]
+    expires = timezone.now() - timedelta(seconds=1) if state == EXPIRED else None
+    key = ApiToken.issue(user, agents=scope, expires_at=expires)
+    if state == REVOKED:
+        ApiToken.objects.filter(user=user).update(revoked_at=timezone.now())
+    return key
 
 
 def client_as(world: dict[str, Any], role: str) -> APIClient:
     client = APIClient()
-    if role != ANONYMOUS:
+    if role in TOKEN_KINDS:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token_of(role)}")
+    elif role != ANONYMOUS:
         client.credentials(HTTP_AUTHORIZATION=f"Token {world['keys'][role]}")
     return client
 
@@ -375,3 +446,76 @@ def test_a_superuser_without_a_profile_is_a_release_manager(db):
     client.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.issue(admin)}")
     response = client.post("/api/agents/", {"slug": "root-made", "name": "R"}, format="json")
     assert response.status_code == 201
+
+
+# --- scoped tokens: what they may not learn ------------------------------------------
+
+# Every template that names an agent or an object of one, with the verb (and body) that
+# the release manager succeeds with.
+AGENT_SPECIFIC = [
+    pytest.param(method, url, body, id=f"{method} {url}")
+    for method, url, body, expected in MATRIX
+    if url not in PUBLIC and url not in LISTS and 200 <= expected[MANAGER] < 300
+    and method not in ("HEAD", "OPTIONS")
+]  # fmt: skip
+
+
+def ghost(world: dict[str, Any], method: str, url: str, body: Any, kind: str):
+    """Send the request with a slug and ids that name nothing."""
+    if callable(body):
+        body = body(world)
+    kwargs = {} if body is None else {"data": body, "format": "json"}
+    path = url.format(slug="no-such-agent", pk=987654321, other=987654322, session_id="ghost")
+    return getattr(client_as(world, kind), method.lower())(path, **kwargs)
+
+
+@pytest.mark.parametrize(("method", "url", "body"), AGENT_SPECIFIC)
+def test_a_scoped_token_gets_403_for_what_does_not_exist(world, db, method, url, body):
+    """A 404 would tell a scoped token which agents (and ids) exist outside its scope."""
+    before = state()
+    response = ghost(world, method, url, body, f"{MANAGER}-{OUT}")
+    assert response.status_code == 403, response.content
+    assert state() == before
+
+
+@pytest.mark.parametrize(("method", "url", "body"), AGENT_SPECIFIC)
+def test_an_unscoped_token_gets_404_for_what_does_not_exist(world, db, method, url, body):
+    response = ghost(world, method, url, body, MANAGER)
+    assert response.status_code == 404, response.content
+
+
+def test_the_agent_list_is_filtered_to_the_scope(world, db):
+    inside = client_as(world, f"{VIEWER}-{IN}").get("/api/agents/")
+    outside = client_as(world, f"{VIEWER}-{OUT}").get("/api/agents/")
+    unscoped = client_as(world, VIEWER).get("/api/agents/")
+
+    assert [a["slug"] for a in inside.json()] == [SLUG]
+    assert [a["slug"] for a in outside.json()] == [ELSEWHERE]
+    assert {a["slug"] for a in unscoped.json()} >= {SLUG, ELSEWHERE}
+
+
+def test_the_audit_trail_is_filtered_to_the_scope(world, db):
+    from versions.audit import record
+
+    record("agent.touched", world["elsewhere"], actor=SYSTEM, reason="not yours")
+    client = client_as(world, f"{VIEWER}-{IN}")
+
+    entries = client.get("/api/audit/").json()
+
+    assert entries
+    assert {entry["agent"] for entry in entries} == {SLUG}
+    assert client.get(f"/api/audit/?agent={ELSEWHERE}").status_code == 403
+    assert client.get("/api/audit/?agent=no-such-agent").status_code == 403
+    everything = client_as(world, VIEWER).get("/api/audit/").json()
+    assert ELSEWHERE in {entry["agent"] for entry in everything}
+
+
+def test_a_token_scoped_to_two_agents_reaches_both(world, db):
+    user = get_user_model().objects.create_user(username="two-teams")
+    Profile.objects.create(user=user, role=Role.VIEWER)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.issue(user, agents=[SLUG, ELSEWHERE])}")
+
+    assert client.get(f"/api/agents/{SLUG}/").status_code == 200
+    assert client.get(f"/api/agents/{ELSEWHERE}/").status_code == 200
+    assert [a["slug"] for a in client.get("/api/agents/").json()] == sorted([SLUG, ELSEWHERE])

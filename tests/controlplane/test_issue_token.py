@@ -139,3 +139,81 @@ def test_the_audit_entry_shows_the_role_before_and_after(db):
         ("alice", {"role": "viewer"}, {"role": "release-manager"}),
         ("bob", {"role": None}, {"role": "harness"}),
     ]
+
+
+# --- scope and expiry ----------------------------------------------------------------
+
+
+@pytest.fixture
+def two_agents(db):
+    from versions.models import Agent
+
+    return [Agent.objects.create(slug=slug, name=slug) for slug in ("research", "support")]
+
+
+def test_agent_scopes_the_token_to_those_agents(two_agents):
+    out = io.StringIO()
+    call_command(
+        "issue_token", "ci-bot", "--role", "viewer", "--agent", "research", "--agent", "support",
+        stdout=out,
+    )  # fmt: skip
+    key = out.getvalue().strip()
+
+    assert TOKEN.fullmatch(key)
+    assert sorted(ApiToken.objects.get().agents) == ["research", "support"]
+    client = client_with(key)
+    assert client.get("/api/agents/research/").status_code == 200
+    assert client.get("/api/agents/support/").status_code == 200
+    entry = AuditEntry.objects.get(action="token.issued")
+    assert entry.after == {"role": "viewer", "agents": ["research", "support"]}
+
+
+def test_a_scoped_token_gets_403_for_another_agent(two_agents):
+    out = io.StringIO()
+    call_command("issue_token", "ci-bot", "--role", "viewer", "--agent", "research", stdout=out)
+    client = client_with(out.getvalue().strip())
+
+    assert client.get("/api/agents/research/").status_code == 200
+    assert client.get("/api/agents/support/").status_code == 403
+    assert client.get("/api/agents/no-such-agent/").status_code == 403
+    assert [a["slug"] for a in client.get("/api/agents/").json()] == ["research"]
+
+
+def test_it_refuses_to_scope_a_token_to_an_unknown_agent(two_agents):
+    with pytest.raises(CommandError, match="No agent 'no-such-agent'"):
+        call_command(
+            "issue_token", "ci-bot", "--role", "harness", "--agent", "no-such-agent",
+            stdout=io.StringIO(),
+        )  # fmt: skip
+
+    assert not ApiToken.objects.exists()
+    assert not get_user_model().objects.filter(username="ci-bot").exists()
+
+
+def test_expires_in_days_gives_the_token_an_expiry(db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    out = io.StringIO()
+    call_command("issue_token", "ci-bot", "--role", "viewer", "--expires-in-days", "7", stdout=out)
+    token = ApiToken.objects.get()
+    expected = timezone.now() + timedelta(days=7)
+
+    assert abs((token.expires_at - expected).total_seconds()) < 60
+    assert client_with(out.getvalue().strip()).get("/api/agents/").status_code == 200
+    ApiToken.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = client_with(out.getvalue().strip()).get("/api/agents/")
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "x", "100000"])
+def test_it_refuses_a_bad_expiry(db, days):
+    with pytest.raises(CommandError, match="whole number of days"):
+        call_command(
+            "issue_token", "ci-bot", "--role", "viewer", "--expires-in-days", days,
+            stdout=io.StringIO(),
+        )  # fmt: skip
+
+    assert not ApiToken.objects.exists()

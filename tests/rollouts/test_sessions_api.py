@@ -337,9 +337,8 @@ def test_it_lets_only_harnesses_and_managers_use_sessions(
 
 
 def report(client, slug: str, session_id: str, version):
-    return client.post(
-        START.format(slug=slug), {"session_id": session_id, "version": version}, format="json"
-    )
+    body = {"session_id": session_id, "version": version, "started_at": timezone.now().isoformat()}
+    return client.post(START.format(slug=slug), body, format="json")
 
 
 def test_a_pin_made_locally_while_prism_was_down_is_recorded_as_reported(
