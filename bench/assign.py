@@ -1,4 +1,4 @@
-"""Benchmark of session assignment, the hot path (DESIGN §5), against a floor.
+"""Benchmark of session assignment, the hot path, against a floor.
 
 ``make bench`` runs it; bench/README.md explains what it measures and how to read it.
 

@@ -372,6 +372,7 @@ CELERY_BEAT_SCHEDULE = {
     "enforce-drain-policies": {
         "task": "rollouts.tasks.enforce_drain_policies",
         "schedule": float(PRISM_BEAT_SECONDS),
+        "options": {"expires": float(PRISM_BEAT_SECONDS)},
     },
     "evaluate-rollouts": {
         "task": "rollouts.tasks.evaluate_rollouts",

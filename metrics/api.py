@@ -122,6 +122,8 @@ class AgentSources(APIView):
 
 
 class SourceDetail(APIView):
+    scope_model = MetricSource
+
     @extend_schema(responses=SourceSerializer)
     def get(self, request: Request, pk: int) -> Response:
         source = get_object_or_404(MetricSource.objects.select_related("agent"), pk=pk)

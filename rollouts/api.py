@@ -428,6 +428,7 @@ class RolloutEvaluations(ListAPIView):
 
     serializer_class = EvaluationSerializer
     pagination_class = EvaluationPages
+    scope_model = Rollout
 
     def get_queryset(self):
         rollout = get_object_or_404(Rollout, pk=self.kwargs["pk"])
@@ -497,6 +498,8 @@ class VersionDrainSerializer(serializers.Serializer):
 
 
 class VersionDrainView(APIView):
+    scope_model = Version
+
     @extend_schema(
         request=VersionDrainSerializer,
         responses=inline_serializer(

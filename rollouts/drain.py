@@ -1,4 +1,4 @@
-"""Version lifecycle, drain progress and ETA, and the drain policies (DESIGN §3)."""
+"""Version lifecycle, drain progress and ETA, and the drain policies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rollout state machine and every routing change (DESIGN §6).
+"""The rollout state machine and every routing change.
 
 Every transition is one transaction that locks the agent's routing row first, so the
 beat, workers and humans acting on one agent are serialised by the database. Inside

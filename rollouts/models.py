@@ -1,4 +1,4 @@
-"""Routing, sessions, version lifecycle and rollouts (DESIGN §3, §5, §6)."""
+"""Routing, sessions, version lifecycle and rollouts."""
 
 from __future__ import annotations
 

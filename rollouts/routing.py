@@ -1,4 +1,4 @@
-"""Routing tables and sticky session assignment (DESIGN §5).
+"""Routing tables and sticky session assignment.
 
 The hash and the ordering are a contract: a harness that caches ``GET /routing/`` can
 compute the same assignment locally and keep working while the control plane is down.

@@ -1,4 +1,4 @@
-"""Session assignment, heartbeats and ends: the hot path (DESIGN §5).
+"""Session assignment, heartbeats and ends: the hot path.
 
 Assignment is one read of the agent's routing row, a compiled table cached by epoch,
 and one upsert that both pins new sessions and returns existing pins: two prepared

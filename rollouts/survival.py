@@ -1,4 +1,4 @@
-"""Session survival and drain ETAs (DESIGN §3). Pure: no Django, no I/O.
+"""Session survival and drain ETAs. Pure: no Django, no I/O.
 
 A draining version is done when its last live session ends. How long that takes is
 read from the agent's own history: a Kaplan-Meier curve over session durations, where

@@ -1,4 +1,4 @@
-"""Change risk between two version tuples (DESIGN §4). Pure: no Django, no I/O.
+"""Change risk between two version tuples. Pure: no Django, no I/O.
 
 Every layer is compared in the canonical form the fingerprint uses, so a layer counts
 as changed exactly when its layer fingerprint changes: ``1`` and ``1.0`` are the same

@@ -1,4 +1,4 @@
-"""Content addresses for version tuples (DESIGN §2). Pure: no Django, no I/O.
+"""Content addresses for version tuples. Pure: no Django, no I/O.
 
 The canonical form is JSON with sorted keys, no whitespace and UTF-8, with tools
 sorted by name. Integral floats are written as integers (``1.0`` → ``1``) because JSON

@@ -11,7 +11,7 @@ from versions.fingerprint import LAYERS, fingerprints
 
 
 class Agent(models.Model):
-    """One agent service under management, with its drain policy (DESIGN §3)."""
+    """One agent service under management, with its drain policy."""
 
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)

@@ -119,7 +119,11 @@ def play(agent, versions, rng: random.Random, steps: int) -> None:
         elif action == "report":
             serial += 1
             started.append(f"r-{serial}")
-            sessions.assign(slug, started[-1], reported=rng.choice(versions).pk)
+            sessions.assign(
+                slug,
+                started[-1],
+                sessions.Report(rng.choice(versions).pk, timezone.now()),
+            )
         elif action in ("end", "end-again"):
             sessions.end(slug, rng.choice(started), random_outcome(rng))
         elif action == "feedback":

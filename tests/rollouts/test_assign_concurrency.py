@@ -1,6 +1,6 @@
 """Concurrent starts: the unique constraint decides duplicates and every caller gets the
 same pin, and a routing change in the middle of it all never mixes up which table
-picked a pin (DESIGN §5)."""
+picked a pin."""
 
 from __future__ import annotations
 

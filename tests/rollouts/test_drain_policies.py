@@ -1,4 +1,4 @@
-"""Drain policies, heartbeat directives and the version lifecycle (DESIGN §3, §5).
+"""Drain policies, heartbeat directives and the version lifecycle.
 
 Time is moved by rewriting session timestamps in the database, never by sleeping.
 """
@@ -353,7 +353,7 @@ def test_the_cap_applies_to_a_pin_reported_on_a_drained_version(
 
     response = harness.post(
         START.format(slug=policy_agent.slug),
-        {"session_id": "offline", "version": v1.pk},
+        {"session_id": "offline", "version": v1.pk, "started_at": timezone.now().isoformat()},
         format="json",
     )
     assert response.status_code == 201, response.content

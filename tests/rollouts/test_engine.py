@@ -1,4 +1,4 @@
-"""The rollout state machine as a service (DESIGN §6): stage specs, evaluation of the
+"""The rollout state machine as a service: stage specs, evaluation of the
 comparison window, and one audited transaction per transition."""
 
 from __future__ import annotations

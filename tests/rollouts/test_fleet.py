@@ -1,5 +1,4 @@
-"""GET /api/agents/{slug}/fleet/: states, counts, drain progress and retention
-(DESIGN §3, §9)."""
+"""GET /api/agents/{slug}/fleet/: states, counts, drain progress and retention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Query budgets on the hot paths, and no stale routing window (DESIGN §5, STYLE)."""
+"""Query budgets on the hot paths, and no stale routing window."""
 
 from __future__ import annotations
 

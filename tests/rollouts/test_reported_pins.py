@@ -1,6 +1,6 @@
 """Pins a harness made locally while Prism was unreachable ("fail static"), reported with
-``POST /api/agents/{slug}/sessions/ {session_id, version, started_at, epoch?}``
-(DESIGN §5, §9). The session really began at ``started_at``: gate windows, stage counts
+``POST /api/agents/{slug}/sessions/ {session_id, version, started_at, epoch?}``. The
+session really began at ``started_at``: gate windows, stage counts
 and the survival estimate all read it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rollback always wins (DESIGN §6, STYLE "State changes are conditional writes").
+"""Rollback always wins.
 
 These run real concurrent transactions on PostgreSQL: each thread has its own
 connection, and a barrier releases them together.

@@ -1,4 +1,4 @@
-"""The rollout endpoints (DESIGN §6, §9): stages, transitions, validation, agent rollback
+"""The rollout endpoints: stages, transitions, validation, agent rollback
 and roles, all through the REST API."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Sticky assignment by the documented hash, pins across routing changes, and the
-cacheable routing table (DESIGN §5, §9)."""
+cacheable routing table."""
 
 from __future__ import annotations
 

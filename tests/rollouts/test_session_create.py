@@ -1,5 +1,5 @@
 """``POST /api/agents/{slug}/sessions/``: the fast path in front of the full view answers
-exactly what the full view would (DESIGN §5, §9)."""
+exactly what the full view would."""
 
 from __future__ import annotations
 

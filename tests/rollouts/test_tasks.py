@@ -1,4 +1,4 @@
-"""The beat's rollout task (DESIGN §6): it advances, halts and rolls back as ``system``."""
+"""The beat's rollout task: it advances, halts and rolls back as ``system``."""
 
 from __future__ import annotations
 

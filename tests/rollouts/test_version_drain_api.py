@@ -1,5 +1,5 @@
 """POST /api/versions/{id}/drain/ and rollouts.drain.force_drain: force-drain a version
-by hand (DESIGN §3, §9)."""
+by hand."""
 
 from __future__ import annotations
 
