@@ -132,19 +132,23 @@ def board(request: HttpRequest, slug: str) -> HttpResponse:
     if target == "rainbow-data":
         live = services.agent_is_live(agent)
         context.update(figure=charts.rainbow_figure(agent, window), live=live)
+        stop_polling = not live
     else:
         data = services.board(agent)
         live = data.live
-        context.update(board=data, live=live)
+        beat = services.beat_status()
+        context.update(board=data, live=live, beat=beat)
         if not request.htmx:
             context["figure"] = charts.rainbow_figure(agent, window)
+        # A late beat keeps the fleet polling, so the warning goes once the beat is back.
+        stop_polling = not live and not beat.late
     return page(
         request,
         "dashboard/board.html",
         context,
         partials={"fleet": "fleet", "rainbow-data": "chart"},
         default="fleet",
-        stop_polling=not live,
+        stop_polling=stop_polling,
     )
 
 
