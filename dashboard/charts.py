@@ -377,3 +377,65 @@ def gate_figures(rollout: Rollout, reports: list[dict[str, Any]]) -> list[dict[s
             }
         )
     return charts
+
+
+def forecast_figure(forecast: dict[str, Any]) -> dict[str, Any]:
+    """The drain forecast's curves: expected live versions (left axis) and old-version
+    session-hours (right axis) against hours from now, with a dotted line per deploy."""
+    points = forecast["points"]
+    xs = [point["t_h"] for point in points]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "expected live versions",
+            "x": xs,
+            "y": [point["live_versions"] for point in points],
+            "line": {"color": PALETTE[0], "width": 2},
+            "hovertemplate": "%{y:.2f} versions at +%{x:.1f} h<extra></extra>",
+        },
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "old-version session-hours",
+            "x": xs,
+            "y": [point["old_session_hours"] for point in points],
+            "line": {"color": PALETTE[1], "width": 2, "dash": "dash"},
+            "yaxis": "y2",
+            "hovertemplate": "%{y:.1f} session-hours at +%{x:.1f} h<extra></extra>",
+        },
+    ]
+    layout: dict[str, Any] = {
+        "height": 300,
+        "margin": {"l": 64, "r": 72, "t": 40, "b": 48},
+        "font": _FONT,
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        "legend": {"orientation": "h", "y": 1.18, "x": 0},
+        "xaxis": {"title": {"text": "hours from now"}, "gridcolor": "#e3e6ea"},
+        "yaxis": {
+            "title": {"text": "live versions"},
+            "rangemode": "tozero",
+            "gridcolor": "#e3e6ea",
+        },
+        "yaxis2": {
+            "title": {"text": "old-version session-hours"},
+            "rangemode": "tozero",
+            "overlaying": "y",
+            "side": "right",
+        },
+        "shapes": [
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": at,
+                "x1": at,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#57606a", "width": 1, "dash": "dot"},
+            }
+            for at in forecast["deploys_h"]
+        ],
+    }
+    return {"data": data, "layout": layout}
