@@ -290,10 +290,69 @@ def _reach(bound: float | None, estimate: float) -> float | None:
     return abs(bound - estimate) if isinstance(bound, int | float) else None
 
 
+@dataclass(frozen=True)
+class StageBoundary:
+    at: datetime
+    stage: int
+    label: str
+
+
+def stage_boundaries(rollout: Rollout) -> list[StageBoundary]:
+    """When the rollout entered each stage: its events that changed the stage (the start
+    enters the first one), labelled with the traffic share of the stage entered."""
+    events = (
+        rollout.events.exclude(to_stage=None)
+        .only("at", "from_stage", "to_stage")
+        .order_by("at", "id")
+    )
+    boundaries = []
+    for event in events:
+        if event.to_stage == event.from_stage or event.to_stage >= len(rollout.stages):
+            continue
+        percent = rollout.stages[event.to_stage]["percent"]
+        boundaries.append(StageBoundary(event.at, event.to_stage, f"{percent:g}%"))
+    return boundaries
+
+
+def _boundary_marks(boundaries: list[StageBoundary]) -> tuple[list[dict], list[dict]]:
+    """Plotly shapes (a vertical line each) and their labels for the stage boundaries."""
+    shapes = [
+        {
+            "type": "line",
+            "xref": "x",
+            "yref": "paper",
+            "x0": chart_time(boundary.at),
+            "x1": chart_time(boundary.at),
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": "#57606a", "width": 1, "dash": "dot"},
+        }
+        for boundary in boundaries
+    ]
+    labels = [
+        {
+            "x": chart_time(boundary.at),
+            "y": 1,
+            "xref": "x",
+            "yref": "paper",
+            "text": plot_text(boundary.label),
+            "showarrow": False,
+            # Inside the plot, clear of the legend above it.
+            "xanchor": "left",
+            "yanchor": "top",
+            "font": {"size": 11, "color": "#57606a"},
+        }
+        for boundary in boundaries
+    ]
+    return shapes, labels
+
+
 def gate_figures(rollout: Rollout, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One chart per gate: its verdict at each evaluation and, where a result carries
-    numbers, the candidate - baseline estimate with its interval and the tolerance."""
+    numbers, the candidate - baseline estimate with its interval and the tolerance;
+    a dotted line where each stage began, labelled with its percent."""
     charts = []
+    shapes, labels = _boundary_marks(stage_boundaries(rollout)) if rollout.gates else ([], [])
     for index, gate in enumerate(rollout.gates):
         key = (gate["metric"], gate.get("stat", "mean"))
         points = []
@@ -348,6 +407,8 @@ def gate_figures(rollout: Rollout, reports: list[dict[str, Any]]) -> list[dict[s
                     }
                 )
         layout = _base_layout("verdict")
+        layout["shapes"] = [dict(shape) for shape in shapes]
+        layout["annotations"] = [dict(label) for label in labels]
         layout["yaxis"].update(
             {
                 "type": "category",
@@ -377,3 +438,65 @@ def gate_figures(rollout: Rollout, reports: list[dict[str, Any]]) -> list[dict[s
             }
         )
     return charts
+
+
+def forecast_figure(forecast: dict[str, Any]) -> dict[str, Any]:
+    """The drain forecast's curves: expected live versions (left axis) and old-version
+    session-hours (right axis) against hours from now, with a dotted line per deploy."""
+    points = forecast["points"]
+    xs = [point["t_h"] for point in points]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "expected live versions",
+            "x": xs,
+            "y": [point["live_versions"] for point in points],
+            "line": {"color": PALETTE[0], "width": 2},
+            "hovertemplate": "%{y:.2f} versions at +%{x:.1f} h<extra></extra>",
+        },
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "old-version session-hours",
+            "x": xs,
+            "y": [point["old_session_hours"] for point in points],
+            "line": {"color": PALETTE[1], "width": 2, "dash": "dash"},
+            "yaxis": "y2",
+            "hovertemplate": "%{y:.1f} session-hours at +%{x:.1f} h<extra></extra>",
+        },
+    ]
+    layout: dict[str, Any] = {
+        "height": 300,
+        "margin": {"l": 64, "r": 72, "t": 40, "b": 48},
+        "font": _FONT,
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        "legend": {"orientation": "h", "y": 1.18, "x": 0},
+        "xaxis": {"title": {"text": "hours from now"}, "gridcolor": "#e3e6ea"},
+        "yaxis": {
+            "title": {"text": "live versions"},
+            "rangemode": "tozero",
+            "gridcolor": "#e3e6ea",
+        },
+        "yaxis2": {
+            "title": {"text": "old-version session-hours"},
+            "rangemode": "tozero",
+            "overlaying": "y",
+            "side": "right",
+        },
+        "shapes": [
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": at,
+                "x1": at,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#57606a", "width": 1, "dash": "dot"},
+            }
+            for at in forecast["deploys_h"]
+        ],
+    }
+    return {"data": data, "layout": layout}

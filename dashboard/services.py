@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Min
 from django.utils import timezone
 
+from controlplane.health import BEAT
+from controlplane.models import BeatTick
 from dashboard.diffs import compact
 from metrics.gates import TOLERANCES
 from rollouts import drain, engine, snapshots
@@ -618,3 +621,26 @@ def agent_is_live(agent: Agent) -> bool:
 
 def live_sessions_of(version_id: int) -> int:
     return drain.live_counts([version_id]).get(version_id, 0)
+
+
+@dataclass(frozen=True)
+class BeatStatus:
+    last_tick: datetime | None
+    lag_s: float | None
+    late_after_s: float
+    late: bool
+
+
+def beat_status(now: datetime | None = None) -> BeatStatus:
+    """Is the beat on time? The beat part of ``controlplane.health.check``, without its
+    broker round-trip, so every page can afford it: one primary-key read."""
+    now = now or timezone.now()
+    last_tick = BeatTick.objects.filter(name=BEAT).values_list("at", flat=True).first()
+    late_after = float(settings.PRISM_BEAT_LATE_S)
+    lag = None if last_tick is None else max(0.0, (now - last_tick).total_seconds())
+    return BeatStatus(
+        last_tick=last_tick,
+        lag_s=lag,
+        late_after_s=late_after,
+        late=lag is None or lag > late_after,
+    )

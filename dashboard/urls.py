@@ -11,6 +11,7 @@ urlpatterns = [
     path("agents/<slug:slug>/", views.board, name="board"),
     path("agents/<slug:slug>/rollback/", views.agent_rollback, name="agent-rollback"),
     path("agents/<slug:slug>/audit/", views.audit, name="audit"),
+    path("agents/<slug:slug>/forecast/", views.forecast, name="forecast"),
     path("agents/<slug:slug>/compare/", views.compare, name="compare"),
     path("versions/<int:pk>/", views.version_page, name="version"),
     path("versions/<int:pk>/diff/<int:other>/", views.version_diff, name="version-diff"),

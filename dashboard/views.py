@@ -20,13 +20,16 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
+from rest_framework.exceptions import ValidationError
 
 from dashboard import charts, diffs, forms, services
 from dashboard.access import can_act, manager, reader
 from rollouts import drain, engine
+from rollouts.api_forecast import ForecastQuery, forecast_for
 from rollouts.models import Rollout
 from versions.models import Agent, Version
 
@@ -132,20 +135,66 @@ def board(request: HttpRequest, slug: str) -> HttpResponse:
     if target == "rainbow-data":
         live = services.agent_is_live(agent)
         context.update(figure=charts.rainbow_figure(agent, window), live=live)
+        stop_polling = not live
     else:
         data = services.board(agent)
         live = data.live
-        context.update(board=data, live=live)
+        beat = services.beat_status()
+        context.update(board=data, live=live, beat=beat)
         if not request.htmx:
             context["figure"] = charts.rainbow_figure(agent, window)
+            context["values"] = forecast_initial(agent)
+        # A late beat keeps the fleet polling, so the warning goes once the beat is back.
+        stop_polling = not live and not beat.late
     return page(
         request,
         "dashboard/board.html",
         context,
         partials={"fleet": "fleet", "rainbow-data": "chart"},
         default="fleet",
-        stop_polling=not live,
+        stop_polling=stop_polling,
     )
+
+
+#: What the board's what-if panel starts from besides the agent's own drain policy.
+FORECAST_DEPLOY_EVERY_H = 24
+
+
+def forecast_initial(agent: Agent) -> dict[str, Any]:
+    return {
+        "deploy_every_h": FORECAST_DEPLOY_EVERY_H,
+        "max_session_age_s": agent.max_session_age_s,
+        "max_live_versions": agent.max_live_versions,
+    }
+
+
+@require_GET
+@reader
+def forecast(request: HttpRequest, slug: str) -> HttpResponse:
+    """The board's what-if panel: the drain forecast for a deploy cadence and a drain
+    policy (the agent's own unless the form says otherwise). Reads only."""
+    agent = get_object_or_404(Agent, slug=slug)
+    values = {**forecast_initial(agent), **request.GET.dict()}
+    query = ForecastQuery(data=values)
+    context: dict[str, Any] = {"agent": agent, "values": values}
+    status = 200
+    if query.is_valid():
+        now = timezone.now()
+        try:
+            result = forecast_for(agent, query.validated_data, now=now)
+        except ValidationError as exc:
+            context["errors"], status = exc.detail, 400
+        else:
+            context.update(
+                forecast=result,
+                figure={**charts.forecast_figure(result), "at": now.isoformat()},
+            )
+    else:
+        context["errors"], status = query.errors, 400
+    if request.htmx:
+        html = render_to_string("dashboard/forecast.html#panel", context, request)
+        return HttpResponse(html, status=status)
+    return render(request, "dashboard/forecast.html", context, status=status)
 
 
 @require_GET

@@ -6,7 +6,7 @@ from django import template
 
 from controlplane.models import Role
 from controlplane.models import role_of as _role_of
-from dashboard.services import bp_text
+from dashboard.services import beat_status, bp_text
 
 register = template.Library()
 
@@ -39,3 +39,15 @@ def duration(seconds) -> str:
 def bp(value) -> str:
     """Basis points as a percent."""
     return bp_text(int(value or 0))
+
+
+@register.inclusion_tag("dashboard/includes/beat.html", takes_context=True)
+def beat_warning(context) -> dict:
+    """The late-beat warning, for pages whose view did not already read the beat. Only
+    people who are signed in see it: the login page says nothing about Prism's state."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"beat": None}
+    beat = context.get("beat") or beat_status()
+    return {"beat": beat}

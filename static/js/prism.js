@@ -49,6 +49,16 @@
     if (dialog && event.detail.requestConfig.verb === "post" && dialog.open) dialog.close();
   });
 
+  // A partial marked data-swap-errors answers bad input with 400 and the field errors,
+  // which htmx would otherwise not swap in.
+  document.body.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (event.detail.xhr.status === 400 && target && target.hasAttribute("data-swap-errors")) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
   // Charts: a partial carries its figure as JSON next to a chart element that stays in
   // place, so a refresh redraws the chart without replacing it.
   var CONFIG = { displaylogo: false, responsive: true };

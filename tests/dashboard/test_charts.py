@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from dashboard import charts
 from rollouts import engine
@@ -84,3 +86,46 @@ def test_version_labels_reach_plotly_escaped(agent, make_version):
     )
     figure = charts.rainbow_figure(agent, "1h", now=NOW)
     assert figure["data"][0]["name"] == '&lt;a href="x"&gt;v1&lt;/a&gt;'
+
+
+def test_gate_charts_mark_each_stage_boundary_with_its_percent(agent, make_version):
+    v1, v2 = make_version(agent, "v1"), make_version(agent, "v2")
+    engine.set_stable(agent, v1, actor="ci")
+    rollout = start(
+        agent,
+        v2,
+        stages=[{"percent": 5}, {"percent": 25}, {"percent": 100}],
+        gates=[
+            {"metric": "error_rate", "max_increase": 0.02},
+            {"metric": "latency_ms", "stat": "p95", "max_relative_change": 0.1},
+        ],
+    )
+    engine.transition(rollout.pk, "advance", actor="ci", expect_stage=0)
+    # Pausing and resuming stay on the stage: no boundary for them.
+    engine.transition(rollout.pk, "pause", actor="ci", expect_stage=1)
+    engine.transition(rollout.pk, "resume", actor="ci", expect_stage=1)
+    engine.transition(rollout.pk, "advance", actor="ci", expect_stage=1)
+    rollout.refresh_from_db()
+    changes = [e for e in rollout.events.order_by("at", "id") if e.to_stage != e.from_stage]
+    assert [e.to_stage for e in changes] == [0, 1, 2]
+    gate_charts = charts.gate_figures(rollout, [])
+    assert len(gate_charts) == 2
+    for chart in gate_charts:
+        layout = chart["figure"]["layout"]
+        xs = [shape["x0"] for shape in layout["shapes"]]
+        assert xs == [charts.chart_time(e.at) for e in changes]
+        assert [shape["x1"] for shape in layout["shapes"]] == xs
+        assert [label["text"] for label in layout["annotations"]] == ["5%", "25%", "100%"]
+        assert [label["x"] for label in layout["annotations"]] == xs
+
+
+def test_the_stage_boundaries_cost_one_query_whatever_the_gates(agent, make_version):
+    engine.set_stable(agent, make_version(agent, "v1"), actor="ci")
+    metrics = ["error_rate", "latency_ms", "cost_usd", "abandon_rate", "hallucination_rate"]
+    gates = [{"metric": name, "max_increase": 0.1} for name in metrics]
+    rollout = start(agent, make_version(agent, "v2"), gates=gates)
+    with CaptureQueriesContext(connection) as queries:
+        gate_charts = charts.gate_figures(rollout, [])
+    assert len(gate_charts) == 5
+    assert len(queries) == 1
+    assert all(len(c["figure"]["layout"]["shapes"]) == 1 for c in gate_charts)
