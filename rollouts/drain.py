@@ -88,22 +88,27 @@ def _end_sessions(
     reason: str,
 ) -> int:
     """End a batch of live sessions matching ``condition`` with ``state``, and audit it
-    once with the session ids. The UPDATE re-checks the condition, so a session that
-    heartbeated or ended meanwhile is left alone."""
+    once with the session ids.
+
+    1. Find candidates, then lock them with the condition checked again: a concurrent
+       sweep (two workers running the same tick) that got there first leaves nothing
+       here, and then nothing is written or audited.
+    2. Feed the rollups, end them and audit exactly the sessions that were locked.
+    """
     with transaction.atomic():
         live = Session.objects.filter(condition, agent=agent, state=SessionState.LIVE)
-        batch = list(live.values_list("pk", "session_id")[:5000])
-        if not batch:
+        candidates = list(live.values_list("pk", flat=True)[:5000])
+        if not candidates:
             return 0
-        rollups.sessions_ended(
-            state,
-            list(
-                live.filter(pk__in=[pk for pk, _ in batch])
-                .select_for_update()
-                .values_list("version_id", "epoch", "session_id")
-            ),
+        locked = list(
+            live.filter(pk__in=candidates)
+            .select_for_update()
+            .values_list("pk", "version_id", "epoch", "session_id")
         )
-        count = live.filter(pk__in=[pk for pk, _ in batch]).update(
+        if not locked:
+            return 0
+        rollups.sessions_ended(state, [(version, epoch, sid) for _, version, epoch, sid in locked])
+        count = Session.objects.filter(pk__in=[pk for pk, *_ in locked]).update(
             state=state, ended_at=now, end_reason=end_reason
         )
         record(
@@ -111,7 +116,7 @@ def _end_sessions(
             agent,
             actor=SYSTEM,
             reason=reason,
-            after={"count": count, "sessions": [sid for _, sid in batch[:100]]},
+            after={"count": count, "sessions": [sid for *_, sid in locked[:100]]},
         )
     return count
 

@@ -574,7 +574,6 @@ def test_a_draining_version_is_active_again_when_it_gets_weight(
     assert beat(harness, policy_agent, "s") == "continue"
 
 
-@pytest.mark.xfail(strict=True, reason="a sweep that loses the lock still audits its batch")
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_idle_sweeps_abandon_and_audit_each_session_once(
