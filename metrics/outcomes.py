@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from metrics import rollups
@@ -186,25 +185,3 @@ def record_feedback(
                 old=row.feedback,
                 new=feedback,
             )
-
-
-def ended_counts(version_ids: list[int], since: datetime) -> dict[int, int]:
-    """Samples per version: ended sessions with an outcome (at least one metric field
-    reported, late feedback included) among those started at or after ``since``.
-
-    A session that ended without reporting anything tells no metric anything, so it is
-    not a sample (the abandon rate counts it instead)."""
-    reported = Q()
-    for field in OUTCOME_FIELDS:
-        reported |= Q(**{f"{field}__isnull": False})
-    rows = (
-        Outcome.objects.filter(
-            reported, version_id__in=version_ids, started_at__gte=since, ended_at__isnull=False
-        )
-        .values_list("version_id")
-        .annotate(n=Count("*"))
-        .order_by()
-    )
-    counts = dict.fromkeys(version_ids, 0)
-    counts.update(dict(rows))
-    return counts
