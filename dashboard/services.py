@@ -619,8 +619,8 @@ def agent_is_live(agent: Agent) -> bool:
     )
 
 
-def live_sessions_of(version_id: int) -> int:
-    return drain.live_counts([version_id]).get(version_id, 0)
+def live_sessions_of(version: Version) -> int:
+    return drain.live_counts(version.agent_id, [version.pk]).get(version.pk, 0)
 
 
 @dataclass(frozen=True)

@@ -386,7 +386,7 @@ def version_drain(request: HttpRequest, pk: int) -> HttpResponse:
     ``drain`` (or ``terminate``) at its next heartbeat, audited in the person's name."""
     version = get_object_or_404(Version.objects.select_related("agent"), pk=pk)
     board_url = reverse("dashboard:board", args=[version.agent.slug])
-    live = services.live_sessions_of(version.pk)
+    live = services.live_sessions_of(version)
     if request.method == "GET":
         return confirm(
             request,
@@ -449,7 +449,7 @@ def rollout_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         if not query.is_valid():
             return bad_request(request, form_errors(query))
         stage = query.cleaned_data["stage"]
-        live = services.live_sessions_of(rollout.candidate_id)
+        live = services.live_sessions_of(rollout.candidate)
         return confirm(
             request,
             {

@@ -37,13 +37,10 @@ def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
     return DRAINING if live else DRAINED
 
 
-def live_counts(
-    version_ids: list[int] | None = None, *, agent: Agent | int | None = None
-) -> dict[int, int]:
-    """{version_id: live sessions} for some versions or a whole agent, in one query."""
-    sessions = Session.objects.filter(state=SessionState.LIVE)
-    if agent is not None:
-        sessions = sessions.filter(agent=agent)
+def live_counts(agent: Agent | int, version_ids: list[int] | None = None) -> dict[int, int]:
+    """{version_id: live sessions} of an agent, or of some of its versions, in one query
+    that reads the live index only."""
+    sessions = Session.objects.filter(agent=agent, state=SessionState.LIVE)
     if version_ids is not None:
         sessions = sessions.filter(version_id__in=version_ids)
     return dict(sessions.values_list("version_id").annotate(n=Count("*")).order_by())
@@ -57,7 +54,9 @@ def mark_drained_if_empty(agent: Agent, version_id: int, now: datetime | None = 
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None or routing.weight_of(version_id) > 0:
             return False
-        if Session.objects.filter(version_id=version_id, state=SessionState.LIVE).exists():
+        if Session.objects.filter(
+            agent=agent, version_id=version_id, state=SessionState.LIVE
+        ).exists():
             return False
         updated = Lifecycle.objects.filter(
             pk=version_id, drained_at__isnull=True, first_routed_at__isnull=False
@@ -181,7 +180,7 @@ def force_version(
     if not marked:
         return None
     told = Session.objects.filter(
-        version_id=version_id, state=SessionState.LIVE, drain_at__isnull=True
+        agent=agent, version_id=version_id, state=SessionState.LIVE, drain_at__isnull=True
     ).update(drain_at=now)
     after: dict[str, Any] = {"sessions_told_to_drain": told}
     if terminate:
@@ -206,7 +205,7 @@ def apply_live_version_cap(routing: Routing, now: datetime) -> list[int]:
     3. Mark the oldest draining versions, by drain start, until the excess is handled.
     """
     agent = Agent.objects.get(pk=routing.agent_id)
-    live = live_counts(agent=agent)
+    live = live_counts(agent)
     active = {int(v) for v, w in routing.weights.items() if int(w) > 0}
     counted = set(live) | active
     excess = len(counted) - agent.max_live_versions
@@ -268,7 +267,7 @@ def revive(agent: Agent, version_id: int, now: datetime) -> Lifecycle | None:
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None or routing.weight_of(version_id) > 0:
             return None
-        live = live_counts([version_id]).get(version_id, 0)
+        live = live_counts(agent, [version_id]).get(version_id, 0)
         lifecycle, created = Lifecycle.objects.get_or_create(
             version_id=version_id,
             defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live},
@@ -332,7 +331,7 @@ def force_drain(
                 f"Version {version.pk} has weight {weight} and still receives new sessions; "
                 "roll back or move its traffic before draining it."
             )
-        live = live_counts([version.pk]).get(version.pk, 0)
+        live = live_counts(version.agent_id, [version.pk]).get(version.pk, 0)
         if not live:
             raise DrainRefused(f"Version {version.pk} has no live sessions: it is drained.")
         agent = Agent.objects.get(pk=version.agent_id)
@@ -448,7 +447,7 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     # index alone, without visiting the rows of every session the agent ever had.
     counts: dict[int, dict[str, int]] = {}
     for row in (
-        Session.objects.filter(version_id__in=[v.pk for v in versions])
+        Session.objects.filter(agent=agent, version_id__in=[v.pk for v in versions])
         .values("version_id", "state")
         .annotate(n=Count("*"))
         .order_by()
@@ -478,7 +477,7 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
     if draining:
         waited_for: dict[int, datetime] = {}
         for pk, version_id, started_at in Session.objects.filter(
-            version_id__in=draining, state=SessionState.LIVE
+            agent=agent, version_id__in=draining, state=SessionState.LIVE
         ).values_list("pk", "version_id", "started_at"):
             ages[version_id].append(max((now - started_at).total_seconds(), 0.0))
             waited_for[pk] = started_at

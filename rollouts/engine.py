@@ -142,7 +142,7 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
     losing = [vid for vid in old if vid not in weights]
     gaining = [vid for vid in weights if vid not in old]
     if losing:
-        live = live_counts(losing)
+        live = live_counts(routing.agent_id, losing)
         for vid in losing:
             Lifecycle.objects.update_or_create(
                 version_id=vid,

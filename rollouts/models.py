@@ -69,7 +69,8 @@ class Session(models.Model):
     """One agent session, pinned to the version that started it."""
 
     # No single-column indexes on the foreign keys: the unique (agent, session_id) and
-    # the (version, state) indexes lead with them, and every pin pays for each index.
+    # the live index lead with the agent, and every pin pays for each index. Versions are
+    # never deleted (PROTECT), so nothing looks sessions up by version alone.
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
     session_id = models.CharField(max_length=200)
     version = models.ForeignKey(
@@ -94,11 +95,24 @@ class Session(models.Model):
             models.UniqueConstraint(fields=["agent", "session_id"], name="session_pin_unique"),
         ]
         indexes = [
-            models.Index(fields=["version", "state"], name="session_version_state"),
-            # Live sessions per agent, for the beat's sweeps. last_seen_at is left out on
-            # purpose: heartbeats update it, and an indexed column would make every
-            # heartbeat a non-HOT update that rewrites all of the row's index entries.
-            models.Index(fields=["agent"], condition=Q(state="live"), name="session_live_by_agent"),
+            # The live state, and only it: the fleet's counts per version, the drain ETA's
+            # ages and the beat's sweeps all read it, so they cost what the live sessions
+            # cost however long the history grows. An ended session leaves it. A pin
+            # writes one entry here; a heartbeat writes none, because last_seen_at is left
+            # out on purpose (an indexed column would make every heartbeat a non-HOT
+            # update that rewrites all of the row's index entries).
+            models.Index(
+                fields=["agent", "version", "started_at"],
+                condition=Q(state="live"),
+                name="session_live",
+            ),
+            # Ended sessions by when they ended, for the survival estimate's window and
+            # for retention. Written once, when a session ends; a pin pays nothing for it.
+            models.Index(
+                fields=["agent", "ended_at"],
+                condition=~Q(state="live"),
+                name="session_ended",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -61,7 +61,7 @@ class Beat(threading.Thread):
                 engine.evaluate_open_rollouts()
                 agent = Agent.objects.filter(slug=self.slug).first()
                 if agent is not None:
-                    self.most_live = max(self.most_live, len(live_counts(agent=agent)))
+                    self.most_live = max(self.most_live, len(live_counts(agent)))
         except BaseException as exc:  # reported by stop(), on the test's thread
             self.failure = exc
         finally:
