@@ -20,7 +20,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from controlplane import tokens
-from controlplane.models import ApiToken, Profile
+from controlplane.models import ApiToken, Profile, TaskRun
 from versions.audit import record
 
 User = get_user_model()
@@ -158,3 +158,26 @@ class ApiTokenAdmin(admin.ModelAdmin):
                     before={"prefix": token.prefix},
                 )
             queryset.delete()
+
+
+@admin.register(TaskRun)
+class TaskRunAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    """What the workers really ran: each attempt of a state-changing task, so an auditor
+    can tell a redelivered message from a transition applied twice."""
+
+    list_display = ["name", "task_id", "started_at", "finished_at", "outcome", "redelivered"]
+    list_filter = ["outcome", "redelivered", "name"]
+    search_fields = ["task_id", "name", "worker"]
+    show_full_result_count = False
+    fields = [
+        "task_id",
+        "name",
+        "args",
+        "redelivered",
+        "worker",
+        "started_at",
+        "finished_at",
+        "outcome",
+        "detail",
+    ]
+    readonly_fields = fields

@@ -11,7 +11,15 @@ from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
 from controlplane.admin import ReadOnlyAdmin, json_block
-from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, Session
+from rollouts.models import (
+    Evaluation,
+    Lifecycle,
+    Rollout,
+    RolloutEvent,
+    Routing,
+    RoutingChange,
+    Session,
+)
 from versions.admin import VersionListFilter
 
 
@@ -112,6 +120,46 @@ class RoutingAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     @admin.display(description="weights (basis points by version id)")
     def weights_display(self, routing: Routing) -> SafeString:
         return json_block(routing.weights)
+
+
+@admin.register(RoutingChange)
+class RoutingChangeAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    """Every routing epoch: who moved it, for which rollout, to which weights. The
+    rollback-wins rule and the sample-ratio check read this log, so auditors can too."""
+
+    list_display = ["agent", "epoch", "at", "actor", "system", "action", "rollout", "stage"]
+    list_select_related = ["agent", "rollout"]
+    list_filter = ["system", "action", "agent"]
+    search_fields = ["actor", "action"]
+    fields = [
+        *["agent", "epoch", "at", "actor", "system", "action", "rollout", "stage"],
+        "weights_display",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="weights (basis points by version id)")
+    def weights_display(self, change: RoutingChange) -> SafeString:
+        return json_block(change.weights)
+
+
+@admin.register(Evaluation)
+class EvaluationAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    """Every look at a rollout's gates, with the evidence it was judged on."""
+
+    list_display = ["rollout", "at", "stage", "epoch", "decision", "applied", "actor"]
+    list_select_related = ["rollout"]
+    list_filter = ["decision", "applied"]
+    # One row per beat look per rollout: the biggest table after sessions.
+    show_full_result_count = False
+    fields = [
+        *["rollout", "at", "actor", "stage", "epoch", "decision", "applied", "reason"],
+        "report_display",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="report")
+    def report_display(self, evaluation: Evaluation) -> SafeString:
+        return json_block(evaluation.report)
 
 
 @admin.register(Lifecycle)

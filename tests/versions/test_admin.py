@@ -15,9 +15,17 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from controlplane.models import ApiToken, Profile, Role
+from controlplane.models import ApiToken, Profile, Role, TaskRun
 from metrics.models import Outcome
-from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, Session
+from rollouts.models import (
+    Evaluation,
+    Lifecycle,
+    Rollout,
+    RolloutEvent,
+    Routing,
+    RoutingChange,
+    Session,
+)
 from tests.conftest import BASE_TUPLE
 from versions.audit import record
 from versions.models import Agent, AuditEntry, Version
@@ -494,10 +502,50 @@ def fleet(agent, make_version) -> dict[str, Model]:
         "outcome": outcome,
         "routing": Routing.objects.create(agent=agent, epoch=3, weights={str(v1.pk): 10000}),
         "lifecycle": Lifecycle.objects.create(version=v1, agent=agent, first_routed_at=now),
+        "routing_change": RoutingChange.objects.create(
+            agent=agent,
+            epoch=3,
+            at=now,
+            actor="system",
+            system=True,
+            rollout=rollout,
+            stage=0,
+            action="rollout.started",
+            weights={str(v1.pk): 9500, str(v2.pk): 500},
+        ),
+        "evaluation": Evaluation.objects.create(
+            rollout=rollout,
+            at=now,
+            actor="system",
+            stage=0,
+            epoch=3,
+            decision="hold",
+            reason="<waiting> for samples",
+            report={"gates": [{"metric": "error_rate", "verdict": "inconclusive"}]},
+        ),
+        "task_run": TaskRun.objects.create(
+            task_id="t-1",
+            name="rollouts.tasks.apply_transition",
+            args=[rollout.pk, "advance", 0],
+            worker="host:1",
+            started_at=now,
+        ),
     }
 
 
-@pytest.mark.parametrize("name", ["rollout", "session", "outcome", "routing", "lifecycle"])
+OPERATIONAL = [
+    "rollout",
+    "session",
+    "outcome",
+    "routing",
+    "lifecycle",
+    "routing_change",
+    "evaluation",
+    "task_run",
+]
+
+
+@pytest.mark.parametrize("name", OPERATIONAL)
 def test_operational_admins_are_read_only(admin_client, fleet, name):
     assert_read_only(admin_client, fleet[name])
 
@@ -510,6 +558,15 @@ def test_rollout_page_shows_its_events_read_only_and_escaped(admin_client, fleet
     assert "&lt;b&gt;inconclusive&lt;/b&gt;" in page
     assert "Rollout events" in page
     assert 'name="events-0-reason"' not in page  # the inline has no editable fields
+
+
+def test_routing_change_and_evaluation_pages_show_their_evidence_escaped(admin_client, fleet):
+    change = admin_client.get(url(fleet["routing_change"], "change")).text
+    evaluation = admin_client.get(url(fleet["evaluation"], "change")).text
+
+    assert f"&quot;{fleet['rollout'].candidate_id}&quot;: 500" in change
+    assert "&lt;waiting&gt; for samples" in evaluation
+    assert "&quot;inconclusive&quot;" in evaluation
 
 
 def test_session_changelist_filters_without_n_plus_one(
