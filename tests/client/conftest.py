@@ -14,7 +14,8 @@ from django.contrib.auth import get_user_model
 
 from controlplane.models import ApiToken, Profile, Role
 from rollouts import engine
-from tests.e2e.test_processes import ROOT, VENV_BIN, _env, _free_port
+from tests.e2e.test_processes import ROOT, VENV_BIN, _env
+from tests.endpoints import free_port
 from tests.rollouts.conftest import start_rollout
 
 
@@ -85,6 +86,6 @@ class Web:
 
 @pytest.fixture
 def web(tmp_path) -> Iterator[Web]:
-    server = Web(_free_port(), tmp_path / "gunicorn.log")
+    server = Web(free_port(), tmp_path / "gunicorn.log")
     yield server
     server.stop()

@@ -8,12 +8,12 @@ import pytest
 
 from prism_client.transport import Call, Transport
 from tests.client.conftest import Web
-from tests.e2e.test_processes import _free_port
+from tests.endpoints import free_port
 
 
 @pytest.fixture
 def short_keep_alive(tmp_path):
-    server = Web(_free_port(), tmp_path / "gunicorn.log", "--keep-alive", "1")
+    server = Web(free_port(), tmp_path / "gunicorn.log", "--keep-alive", "1")
     yield server
     server.stop()
 

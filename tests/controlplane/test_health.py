@@ -11,15 +11,13 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from controlplane import health, tasks
 from controlplane.models import BeatTick
-from tests.metrics.servers import free_port
+from tests.endpoints import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = "/api/health/"
@@ -137,15 +135,6 @@ def test_it_is_503_when_the_database_is_unreachable():
     assert found["body"]["beat"]["last_tick"] is None
 
 
-def _database_url() -> str:
-    """A URL for the database this test runs on, for a process of its own."""
-    s = connection.settings_dict
-    auth = quote(s["USER"]) + (":" + quote(s["PASSWORD"]) if s["PASSWORD"] else "")
-    if not s["HOST"] or s["HOST"].startswith("/"):
-        return f"postgresql://{auth}@/{s['NAME']}?host={quote(s['HOST'] or '/tmp')}"
-    return f"postgresql://{auth}@{s['HOST']}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
 def _wait(what: str, probe, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not probe():
@@ -159,7 +148,7 @@ def test_a_running_beat_keeps_it_healthy_and_a_stopped_one_makes_it_503(
     anonymous, settings, tmp_path
 ):
     settings.PRISM_BEAT_LATE_S = 3
-    env = dict(os.environ, DATABASE_URL=_database_url(), PRISM_BEAT_SECONDS="1")
+    env = dict(os.environ, DATABASE_URL=database_url(), PRISM_BEAT_SECONDS="1")
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 (closed below)
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--beat",

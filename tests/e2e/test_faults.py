@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from tests.e2e.servers import (
     prism_env,
     wait_for,
 )
+from tests.endpoints import free_port
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,6 @@ def faults(template, tmp_path) -> Iterator[Faults]:
         processes.stop_all()
         pg.remove()
         redis.remove()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- PostgreSQL restarted under assignment load ---------------------------------------
@@ -197,7 +191,7 @@ def test_a_postgres_restart_under_load_answers_503_json_and_loses_no_acknowledge
     same gunicorn serves again once PostgreSQL is back; every pin it acknowledged is
     stored once, on the version the bucket formula gives."""
     seeded = faults.seeded
-    port = _free_port()
+    port = free_port()
     command = compose_command("web")
     command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
     web = faults.processes.start("web", command, faults.env())

@@ -15,13 +15,11 @@ the rollout. The configuration is small enough for CI and stated here:
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-from django.db import connection
 
 from metrics.gates import validate_gates
 from rollouts import engine
@@ -30,6 +28,7 @@ from tests.client.conftest import issue_token
 from tests.conftest import tuple_with
 from tests.e2e.servers import ROOT, Processes, Redis, celery_worker, compose_command, prism_env
 from tests.e2e.servers import wait_for as wait_until
+from tests.endpoints import database_url, free_port
 from versions.models import Agent, Version
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -45,22 +44,6 @@ GATES = [
 ]
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["HOST"].startswith("/"):
-        return f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
-    return (
-        f"postgresql://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
-        f"{db['PORT'] or 5432}/{db['NAME']}"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def topology(tmp_path) -> Iterator[str]:
     """gunicorn, a worker and a beat, each its own process, on a Redis of their own and
@@ -69,13 +52,13 @@ def topology(tmp_path) -> Iterator[str]:
     redis.start()
     processes = Processes(tmp_path)
     env = prism_env(
-        _database_url(),
+        database_url(),
         redis.url,
         tmp_path / "var",
         PRISM_EVALUATE_SECONDS="1",
         PRISM_PIN_SETTLE_S="1",
     )
-    port = _free_port()
+    port = free_port()
     web = compose_command("web")
     web[web.index("--bind") + 1] = f"127.0.0.1:{port}"
     beat = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from django.utils import timezone
 from controlplane.models import ApiToken, Profile, Role
 from rollouts import engine
 from rollouts.models import Session, SessionState
+from tests.endpoints import free_port
 from versions.audit import SYSTEM
 from versions.models import AuditEntry
 
@@ -54,12 +54,6 @@ def _env() -> dict[str, str]:
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -104,7 +98,7 @@ def test_it_serves_the_api_with_the_compose_gunicorn_command(
     user = django_user_model.objects.create_user("e2e-viewer")
     Profile.objects.create(user=user, role=Role.VIEWER)
     token = ApiToken.issue(user)
-    port = _free_port()
+    port = free_port()
     cmd = compose_command("web")
     cmd[cmd.index("--bind") + 1] = f"127.0.0.1:{port}"
     log = _start(cmd, processes, tmp_path, "web")

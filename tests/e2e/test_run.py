@@ -18,15 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.endpoints import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BOOT_S = 180  # migrate, collectstatic and the demo seeding on a busy machine
 LINUX = sys.platform.startswith("linux")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def copy_checkout(target: Path) -> None:

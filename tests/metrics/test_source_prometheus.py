@@ -20,7 +20,8 @@ from metrics.models import MetricSource, Observation
 from metrics.sources.prometheus import observed_summaries
 from metrics.summary import Summary
 from rollouts import engine
-from tests.metrics.servers import Exporter, free_port
+from tests.endpoints import free_port
+from tests.metrics.servers import Exporter
 from tests.rollouts.conftest import set_weights
 from versions.models import Agent
 
