@@ -4,6 +4,7 @@ mode, on the test database; and a real Prometheus server scraping it with the to
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.models import Role
+from metrics.gates import DEFAULT_GATES, validate_gates
 from rollouts import engine
 from tests.client.conftest import issue_token
 from tests.conftest import tuple_with
@@ -148,7 +150,8 @@ def web(tmp_path) -> Iterator[Callable[..., Web]]:
         processes.stop_all()
 
 
-def _two_versions() -> tuple[Agent, Version, Version]:
+def _two_versions(*, split: bool = True) -> tuple[Agent, Version, Version]:
+    """An agent with a stable v1 and a v2, sharing new sessions evenly with ``split``."""
     agent = Agent.objects.create(slug=SLUG, name="Research")
     versions = []
     for label in ("v1", "v2"):
@@ -156,7 +159,8 @@ def _two_versions() -> tuple[Agent, Version, Version]:
         version.save()
         versions.append(version)
     engine.set_stable(agent, versions[0], actor="test")
-    set_weights(agent, {versions[0]: 5000, versions[1]: 5000})
+    if split:
+        set_weights(agent, {versions[0]: 5000, versions[1]: 5000})
     return agent, *versions
 
 
@@ -255,7 +259,17 @@ def test_the_assignment_count_sums_over_both_workers_and_the_live_figures_are_th
 def test_a_real_prometheus_scrapes_metrics_with_the_token_and_promql_counts_live_sessions(
     web, tmp_path
 ):
-    _, v1, v2 = _two_versions()
+    agent, v1, v2 = _two_versions(split=False)
+    # Half the traffic, and a stage that may last no time at all: the first look halts.
+    rollout = engine.start_rollout(
+        agent,
+        candidate=v2,
+        stages=engine.validate_stages(
+            [{"percent": 50, "min_duration_s": 0, "max_duration_s": 0}, {"percent": 100}]
+        ),
+        gates=validate_gates(copy.deepcopy(DEFAULT_GATES)),
+        actor="test",
+    )
     harness = f"Token {issue_token('e2e-harness', Role.HARNESS)}"
     server = web()
     pinned = _start_sessions(server, harness, [f"p-{i}" for i in range(12)])
@@ -278,5 +292,13 @@ def test_a_real_prometheus_scrapes_metrics_with_the_token_and_promql_counts_live
         assert prometheus.value("prism_up") == 1.0
         (target,) = prometheus.targets()
         assert (target["health"], target["lastError"]) == ("up", "")
+
+        # The README's alert rule fires once the rollout is halted.
+        halted = 'max without (instance) (prism_rollout_state{state="halted"}) == 1'
+        assert prometheus.query(halted) == []
+        assert engine.evaluate(rollout.pk).state == "halted"
+        wait_for("the halted alert expression", lambda: prometheus.query(halted), 30)
+        (alert,) = prometheus.query(halted)
+        assert (alert["metric"]["agent"], alert["metric"]["rollout"]) == (SLUG, str(rollout.pk))
     finally:
         prometheus.stop()
