@@ -43,8 +43,8 @@ from controlplane.models import BeatTick
 from metrics.gates import FAIL, INCONCLUSIVE, PASS
 from metrics.judge import MISMATCH, NOT_REPORTED
 
-# The fleet's read model (version states, drain progress). Imported in this one place,
-# so that moving it to another module means changing this line only.
+# The fleet's read model (its version states). Imported in this one place, so that
+# moving it to another module means changing this line only.
 from rollouts import drain as fleet_model
 from rollouts.models import Lifecycle, Rollout, RolloutState, Session, SessionState
 from versions.models import Agent, Version
@@ -66,7 +66,8 @@ FULL_WEIGHT = 10000  # basis points
 
 
 def drain_progress(live: int, live_at_start: int) -> float:
-    """``1 - live_now / live_at_drain_start``, within [0, 1], as the fleet reports it."""
+    """``1 - live_now / live_at_drain_start``, within [0, 1], rounded as the fleet
+    endpoint rounds it (tests/rollouts/test_exposition.py holds the two together)."""
     if live_at_start == 0:
         return 1.0
     return round(max(0.0, min(1.0, 1 - live / live_at_start)), 4)
