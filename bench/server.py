@@ -100,6 +100,8 @@ class Gunicorn:
             sys.executable,
             "-m",
             "gunicorn",
+            "--config",
+            str(base_dir / "controlplane" / "gunicorn_conf.py"),
             "controlplane.wsgi:application",
             "--chdir",
             str(base_dir),

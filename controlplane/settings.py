@@ -11,6 +11,7 @@ deployment fails at start-up rather than at the first request.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import time
@@ -46,6 +47,21 @@ def envint(name: str, default: str) -> int:
 
 def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def envnetworks(name: str, default: str) -> list[str]:
+    """Comma-separated networks in CIDR form (``10.0.0.0/8,::1/128``); an address alone
+    is a network of one. Host bits set below the prefix (``10.0.0.1/8``) are refused:
+    they are usually a typo for a narrower network."""
+    networks = []
+    for item in envlist(name, default):
+        try:
+            networks.append(str(ipaddress.ip_network(item)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must list networks in CIDR form (e.g. 10.0.0.0/8), got {item!r}"
+            ) from None
+    return networks
 
 
 PREPARED_STATEMENTS = envbool("PRISM_PREPARED_STATEMENTS", "true")
@@ -400,6 +416,16 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": float(PRISM_SOURCE_POLL_SECONDS)},
     },
 }
+
+# GET /metrics (rollouts.exposition) answers a scrape that presents this bearer token, or
+# one that comes straight from an allowed network. Unset: no token is accepted. Only
+# loopback is allowed by default; behind a proxy on the same machine every request comes
+# from loopback, so a request that carries a forwarding header never counts as coming
+# from the network (it must present the token).
+PRISM_METRICS_TOKEN = envstr("PRISM_METRICS_TOKEN", "").strip()
+if PRISM_METRICS_TOKEN and len(PRISM_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("PRISM_METRICS_TOKEN must be at least 16 characters long")
+PRISM_METRICS_ALLOW_NETWORKS = envnetworks("PRISM_METRICS_ALLOW_NETWORKS", "127.0.0.1/32,::1/128")
 
 # Production hardening; `manage.py check --deploy` passes with DEBUG off.
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "false")

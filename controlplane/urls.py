@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from controlplane.health import HealthView
 from controlplane.schema import DocsView
+from rollouts.exposition import metrics_view
 from versions import api as versions_api
 
 api = [
@@ -25,5 +26,7 @@ api = [
 urlpatterns = [
     path("api/", include(api)),
     path("admin/", admin.site.urls),
+    # Prometheus' default path: at the root, outside the API and its authentication.
+    path("metrics", metrics_view, name="metrics"),
     path("", include("dashboard.urls")),
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
 from controlplane import db
 from metrics import outcomes, rollups
+from rollouts import instruments
 from rollouts import routing as routing_mod
 from rollouts.drain import mark_drained_if_empty, revive
 from rollouts.models import Session, SessionState
@@ -383,7 +385,10 @@ def assign(slug: str, session_id: str, report: Report | None = None) -> Assignme
     4. A reported pin must agree with a pin that already exists (``PinConflict``).
     5. An existing pin gets the directive the policy in force gives it now (reading the
        agent's policy: one more statement), and what that implies is written.
+    6. Count the answer and observe its time (``rollouts.instruments``); a refusal
+       (an unknown agent, no route, a bad report) is not counted.
     """
+    clock = time.perf_counter()
     now = timezone.now()
     route = _route(slug)
     if report is not None:
@@ -401,6 +406,8 @@ def assign(slug: str, session_id: str, report: Report | None = None) -> Assignme
         raise PinConflict(version_id)
     started_at = _as_datetime(started_at)
     if inserted:
+        outcome = instruments.NEW if report is None else instruments.REPORTED
+        instruments.assignment(slug, version_id, outcome, time.perf_counter() - clock)
         return Assignment(session_id, version_id, True, CONTINUE, started_at, state)
     agent = Agent.objects.get(pk=route.agent_id)
     session = Session(
@@ -422,6 +429,7 @@ def assign(slug: str, session_id: str, report: Report | None = None) -> Assignme
         now=now,
     )
     _apply_verdict(session, verdict, agent, now, version_active=active)
+    instruments.assignment(slug, version_id, instruments.EXISTING, time.perf_counter() - clock)
     return Assignment(session_id, version_id, False, verdict.directive, started_at, session.state)
 
 

@@ -359,3 +359,38 @@ def test_a_bad_trust_value_stops_start_up_naming_the_variable(tmp_path):
 
     assert result.returncode != 0
     assert "PRISM_TRUST_X_FORWARDED_PROTO" in result.stderr
+
+
+# --- /metrics protection -------------------------------------------------------------
+
+
+def test_envnetworks_reads_cidrs_and_single_addresses(monkeypatch):
+    monkeypatch.setenv("PRISM_NETS", " 10.0.0.0/8, 192.0.2.7 ,2001:db8::/32")
+    assert prism.envnetworks("PRISM_NETS", "") == ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+    monkeypatch.setenv("PRISM_NETS", "")
+    assert prism.envnetworks("PRISM_NETS", "127.0.0.1/32") == []
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1/8", "10.0.0.0/33", "localhost", "10.0.0.0/8;"])
+def test_envnetworks_names_the_variable_for_a_bad_network(monkeypatch, value):
+    monkeypatch.setenv("PRISM_NETS", value)
+    with pytest.raises(ImproperlyConfigured, match="PRISM_NETS"):
+        prism.envnetworks("PRISM_NETS", "")
+
+
+def test_the_metrics_allow_only_loopback_and_no_token_by_default(tmp_path):
+    env = embedded_env(tmp_path)
+
+    networks = setting(env, "PRISM_METRICS_ALLOW_NETWORKS")
+    token = setting(env, "PRISM_METRICS_TOKEN")
+
+    assert networks.stdout.strip() == "['127.0.0.1/32', '::1/128']", networks.stderr
+    assert token.returncode == 0
+    assert token.stdout.strip() == ""
+
+
+def test_a_short_metrics_token_stops_start_up_naming_the_variable(tmp_path):
+    result = setting(embedded_env(tmp_path, PRISM_METRICS_TOKEN="short"), "PRISM_METRICS_TOKEN")
+
+    assert result.returncode != 0
+    assert "PRISM_METRICS_TOKEN" in result.stderr

@@ -142,6 +142,12 @@ def test_make_run_serves_the_demo_and_ctrl_c_stops_everything(tmp_path):
         rollouts = get(port, "/api/agents/research/rollouts/", token)
         assert any(r["state"] == "running" and 0 < r["percent"] < 100 for r in rollouts)
 
+        # /metrics answers loopback with no token; the workers count in var/prometheus.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            exposition = answer.read().decode()
+        assert 'prism_assignments_total{agent="research"' in exposition
+        assert list((checkout / "var" / "prometheus").glob("counter_*.db"))
+
         # A second run is refused, naming the port, and changes nothing.
         second = subprocess.run(
             [str(checkout / "scripts" / "run")],

@@ -1,15 +1,23 @@
 """Small real HTTP servers the source tests start: a fake agent platform's outcome
-export (it speaks real HTTP; only the platform behind it is pretend), and an exporter of
-counters in Prometheus' text format for a real Prometheus to scrape."""
+export (it speaks real HTTP; only the platform behind it is pretend), an exporter of
+counters in Prometheus' text format, and a real Prometheus server to scrape it (or
+Prism's own /metrics)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.endpoints import free_port
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -110,3 +118,64 @@ class Exporter(Server):
     def set(self, name: str, value: float, **labels: str) -> None:
         with self.lock:
             self.counters[(name, tuple(sorted(labels.items())))] = value
+
+
+def wait_for(what: str, probe: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if probe():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what} after {timeout}s")
+
+
+class Prometheus:
+    """A real Prometheus on a free port, scraping ``target`` every second; with
+    ``token_file``, sending the token in it as a bearer token."""
+
+    def __init__(self, tmp: Path, target: str, token_file: Path | None = None) -> None:
+        self.port = free_port()
+        config = tmp / "prometheus.yml"
+        authorization = (
+            f"    authorization:\n      type: Bearer\n      credentials_file: {token_file}\n"
+            if token_file is not None
+            else ""
+        )
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n"
+            "scrape_configs:\n  - job_name: prism-test\n    scrape_interval: 1s\n"
+            f"{authorization}"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        self.log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def query(self, promql: str) -> list:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["data"]["result"]
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return float(result[0]["value"][1]) if result else None
+
+    def targets(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5) as response:
+            return json.loads(response.read())["data"]["activeTargets"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+        self.log.close()

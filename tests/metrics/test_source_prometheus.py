@@ -4,12 +4,6 @@ exporter of counters the test sets; and reading the observations as window summa
 from __future__ import annotations
 
 import itertools
-import json
-import subprocess
-import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -21,63 +15,13 @@ from metrics.sources.prometheus import observed_summaries
 from metrics.summary import Summary
 from rollouts import engine
 from tests.endpoints import free_port
-from tests.metrics.servers import Exporter
+from tests.metrics.servers import Exporter, Prometheus, wait_for
 from tests.rollouts.conftest import set_weights
 from versions.models import Agent
 
 pytestmark = pytest.mark.django_db
 
 _serial = itertools.count(1)
-
-
-def wait_for(what: str, probe: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if probe():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"gave up waiting for {what} after {timeout}s")
-
-
-class Prometheus:
-    """A real Prometheus on a free port, scraping ``target`` every second."""
-
-    def __init__(self, tmp, target: str) -> None:
-        self.port = free_port()
-        config = tmp / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n"
-            "scrape_configs:\n  - job_name: prism-test\n    scrape_interval: 1s\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
-        )
-        self.log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def query(self, promql: str) -> list:
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())["data"]["result"]
-
-    def value(self, promql: str) -> float | None:
-        result = self.query(promql)
-        return float(result[0]["value"][1]) if result else None
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
