@@ -157,7 +157,7 @@ def test_two_live_sessions_end_independently():
 
 def test_no_live_sessions_is_drained_now():
     assert drain_eta(ended(100), []) == 0.0
-    assert drain_eta(ended(100), [], policy_bound_s=500) == 0.0
+    assert drain_eta(ended(100), [], caps=[]) == 0.0
 
 
 def test_sessions_older_than_every_end_end_now():
@@ -169,7 +169,7 @@ def test_a_censored_tail_has_no_estimate():
     curve = kaplan_meier([100, 500], [True, False])
 
     assert drain_eta(curve, [200]) is None
-    assert drain_eta(curve, [200], policy_bound_s=1000) == 1000.0
+    assert drain_eta(curve, [200], caps=[1000]) == 1000.0
     # The young session ends at 100 with probability 1/2: just enough for the median.
     assert drain_eta(curve, [0]) == 100.0
     assert drain_eta(curve, [0], confidence=0.6) is None
@@ -177,14 +177,32 @@ def test_a_censored_tail_has_no_estimate():
 
 def test_no_history_has_no_estimate():
     assert drain_eta(kaplan_meier([], []), [10]) is None
-    assert drain_eta(kaplan_meier([], []), [10], policy_bound_s=60) == 60.0
+    assert drain_eta(kaplan_meier([], []), [10], caps=[60]) == 60.0
 
 
 def test_the_policy_bound_caps_the_estimate():
     curve = ended(*[100] * 10)
 
-    assert drain_eta(curve, [30], policy_bound_s=50) == 50.0
-    assert drain_eta(curve, [30], policy_bound_s=500) == 70.0
+    assert drain_eta(curve, [30], caps=[50]) == 50.0
+    assert drain_eta(curve, [30], caps=[500]) == 70.0
+    assert drain_eta(curve, [30], caps=[None]) == 70.0
+
+
+def test_each_session_has_its_own_cap():
+    # S = 1, 3/4, 1/2, 1/4, 0 from t = 0, 100, 200, 300, 400. Aged 0 and 150, the two
+    # are drained by 250 s uncapped (see above). Cutting the older one off at 60 s
+    # leaves the younger one alone: its median, 200 s.
+    curve = ended(100, 200, 300, 400)
+
+    assert drain_eta(curve, [0, 150], caps=[None, 60]) == 200.0
+    # Cutting the younger one off at 120 s: G(120) = 1 * F2(120) = 1/3, and the older
+    # one's F2 first reaches 1/2 at 150 s, where it is 2/3.
+    assert drain_eta(curve, [0, 150], caps=[120, None]) == 150.0
+    # A cap of 0 ends the session now.
+    assert drain_eta(curve, [0, 150], caps=[0, None]) == 150.0
+    # Caps make an estimate where a censored tail has none.
+    tail = kaplan_meier([100, 500], [True, False])
+    assert drain_eta(tail, [200, 300], caps=[400, 250]) == 400.0
 
 
 def test_it_rounds_to_a_tenth_of_a_second():
@@ -197,8 +215,9 @@ def test_it_rounds_to_a_tenth_of_a_second():
     [
         ({"confidence": 0}, "confidence"),
         ({"confidence": 1.5}, "confidence"),
-        ({"policy_bound_s": -1}, "policy_bound_s"),
-        ({"policy_bound_s": math.nan}, "policy_bound_s"),
+        ({"caps": [-1]}, "caps"),
+        ({"caps": [math.nan]}, "caps"),
+        ({"caps": [1, 2]}, "1 live ages but 2 caps"),
     ],
 )
 def test_drain_eta_rejects_bad_parameters(kwargs, message):
@@ -213,12 +232,17 @@ def test_drain_eta_rejects_bad_ages(age):
 
 
 def test_policy_drain_bound():
-    bound = policy_drain_bound([0, 3000, 7200], max_session_age_s=3600, drain_grace_s=300)
+    policy = {"max_session_age_s": 3600, "drain_grace_s": 300}
 
-    # The youngest: 3600 s until drain is sent, then 300 s of grace.
-    assert bound == 3900
-    assert policy_drain_bound([7200], max_session_age_s=3600, drain_grace_s=300) == 300
-    assert policy_drain_bound([], max_session_age_s=3600, drain_grace_s=300) is None
+    # 3600 s until drain is sent, then 300 s of grace.
+    assert policy_drain_bound(0, **policy) == 3900
+    assert policy_drain_bound(3000, **policy) == 900
+    assert policy_drain_bound(7200, **policy) == 300
+    # Told to drain 100 s ago (an evacuation): what is left of the grace, whatever its age.
+    assert policy_drain_bound(10, **policy, drained_for_s=100) == 200
+    assert policy_drain_bound(10, **policy, drained_for_s=900) == 0
+    # On a force-drained version, not told yet: told at its next heartbeat.
+    assert policy_drain_bound(10, **policy, forced=True) == 300
 
 
 # Properties
@@ -262,15 +286,23 @@ def test_another_live_session_never_drains_sooner(observations, ages, extra, con
     assert _as_infinity(after) >= _as_infinity(before)
 
 
-def brute_force_eta(curve: SurvivalCurve, ages: list[float], confidence: float) -> float | None:
+def brute_force_eta(
+    curve: SurvivalCurve, ages: list[float], confidence: float, caps: list[float | None]
+) -> float | None:
     """Try every candidate end time in order, straight from the definition."""
-    rows = [(a, curve.at(a)) for a in ages if curve.at(a) > 0]
+    rows = [
+        (a, curve.at(a), math.inf if c is None else c)
+        for a, c in zip(ages, caps, strict=True)
+        if curve.at(a) > 0 and (c is None or c > 0)
+    ]
     if not rows:
         return 0.0
-    for x in sorted({t - a for a, _ in rows for t in curve.times if t > a}):
+    candidates = {t - a for a, _, c in rows for t in curve.times if t > a and t - a < c}
+    candidates |= {c for _, _, c in rows if c < math.inf}
+    for x in sorted(candidates):
         p = 1.0
-        for a, s0 in rows:
-            p *= 1.0 - curve.at(a + x) / s0
+        for a, s0, c in rows:
+            p *= 1.0 if x >= c else 1.0 - curve.at(a + x) / s0
         if p >= confidence:
             return round(x, 1)
     return None
@@ -279,21 +311,22 @@ def brute_force_eta(curve: SurvivalCurve, ages: list[float], confidence: float) 
 @settings(max_examples=300)
 @given(
     st.lists(st.tuples(st.integers(0, 60), st.booleans()), max_size=60),
-    st.lists(st.integers(0, 70), max_size=12),
+    st.lists(st.tuples(st.integers(0, 70), st.none() | st.integers(0, 80)), max_size=12),
     st.floats(min_value=0.01, max_value=1.0),
     st.sampled_from([1, survival._COLLECT_LIMIT]),
 )
-def test_drain_eta_finds_the_first_candidate(observations, ages, confidence, collect_limit):
+def test_drain_eta_finds_the_first_candidate(observations, live, confidence, collect_limit):
     # Integer times keep t - a exact, so the brute force sees the same candidates. A
     # collect limit of 1 drives the pivot narrowing down to its last candidate.
     curve = kaplan_meier([d for d, _ in observations], [o for _, o in observations])
-    ages = [float(a) for a in ages]
+    ages = [float(a) for a, _ in live]
+    caps = [c for _, c in live]
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(survival, "_COLLECT_LIMIT", collect_limit)
-        eta = drain_eta(curve, ages, confidence=confidence)
+        eta = drain_eta(curve, ages, caps=caps, confidence=confidence)
 
-    assert eta == brute_force_eta(curve, ages, confidence)
+    assert eta == brute_force_eta(curve, ages, confidence, caps)
 
 
 # Simulation
