@@ -30,7 +30,7 @@ from controlplane.api import Conflict, StrictBooleanField, StrictFloatField, Str
 from controlplane.auth import authorise, caller_for_key, token_key
 from controlplane.models import Role
 from metrics.gates import DEFAULT_GATES, GateError, validate_gates
-from rollouts import drain, engine, sessions
+from rollouts import drain, engine, fleet, sessions
 from rollouts.models import Evaluation, Rollout, Routing, SessionState
 from rollouts.routing import etag
 from versions.api import VersionSerializer
@@ -813,7 +813,7 @@ class SessionFeedback(APIView):
 
 
 def fleet_payload(agent: Agent) -> dict[str, Any]:
-    rows = drain.fleet(agent)
+    rows = fleet.fleet(agent)
     return {
         "agent": agent.slug,
         "stable": agent.stable_id,
