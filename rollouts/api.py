@@ -98,7 +98,11 @@ class DrainSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     live_at_start = serializers.IntegerField(allow_null=True)
     progress = serializers.FloatField(allow_null=True, min_value=0, max_value=1)
-    eta_s = serializers.FloatField(allow_null=True, help_text="Seconds until drained.")
+    eta_s = serializers.FloatField(
+        allow_null=True,
+        help_text="Median seconds until drained: the agent's survival curve conditioned on "
+        "each live session's age, capped by what the drain policy leaves it.",
+    )
     forced = serializers.BooleanField()
     forced_reason = serializers.CharField(allow_blank=True)
     drained_at = serializers.DateTimeField(allow_null=True)
@@ -112,8 +116,11 @@ class FleetVersionSerializer(serializers.Serializer):
         choices=[drain.INACTIVE, drain.ACTIVE, drain.DRAINING, drain.DRAINED]
     )
     weight = serializers.IntegerField(help_text="Basis points of new sessions.")
-    live_sessions = serializers.IntegerField()
-    total_sessions = serializers.IntegerField()
+    live_sessions = serializers.IntegerField(help_text="Exact at the moment of the request.")
+    total_sessions = serializers.IntegerField(
+        help_text="Sessions ever pinned to it, from the rollups the beat counts new pins "
+        "into: it trails the newest pins by up to a beat tick plus the pin settle delay."
+    )
     drain = DrainSerializer()
 
 
