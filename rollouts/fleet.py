@@ -50,7 +50,7 @@ NOT_DRAINING = {
 SURVIVAL_STRATA = 24
 #: The stored curve's grid: 1% of a duration (10 ms below a second).
 SURVIVAL_RESOLUTION = 0.01
-_STORED = ("agent", "computed_at", "window_s", "times", "survival", "sampled", "events", "sessions")
+_UPDATED = ["computed_at", "window_s", "times", "survival", "sampled", "events", "sessions"]
 _SPAN_FIELDS = ("state", "started_at", "ended_at", "last_seen_at", "drain_at")
 
 
@@ -161,7 +161,7 @@ def refresh_estimate(agent: Agent, now: datetime | None = None) -> SurvivalEstim
         [estimate],
         update_conflicts=True,
         unique_fields=["agent"],
-        update_fields=[f for f in _STORED if f != "agent"],
+        update_fields=_UPDATED,
     )
     return estimate
 
