@@ -382,6 +382,16 @@ PRISM_GATE_ALPHA = 0.05
 # A pin id is counted into the metric rollups once it has been visible this long, so an
 # insert that took a lower id and committed later is not skipped.
 PRISM_PIN_SETTLE_S = envint("PRISM_PIN_SETTLE_S", "10")
+# The drain ETA's survival estimate: sessions live at some point in the last
+# PRISM_SURVIVAL_WINDOW_S seconds, at most PRISM_SURVIVAL_SAMPLE ended ones of them read
+# per agent (a sample stratified over the window), recomputed by the beat every
+# PRISM_SURVIVAL_SECONDS.
+PRISM_SURVIVAL_WINDOW_S = envint("PRISM_SURVIVAL_WINDOW_S", str(7 * 86400))
+PRISM_SURVIVAL_SAMPLE = envint("PRISM_SURVIVAL_SAMPLE", "5000")
+PRISM_SURVIVAL_SECONDS = envint("PRISM_SURVIVAL_SECONDS", "60")
+for _name in ("PRISM_SURVIVAL_WINDOW_S", "PRISM_SURVIVAL_SAMPLE", "PRISM_SURVIVAL_SECONDS"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1")
 # What metrics reads sessions through (metrics.feed): rollouts sits above metrics.
 PRISM_SESSION_FEED = "rollouts.feed"
 CELERY_BEAT_SCHEDULE = {
@@ -409,6 +419,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metrics.tasks.count_assignments",
         "schedule": float(PRISM_BEAT_SECONDS),
         "options": {"expires": float(PRISM_BEAT_SECONDS)},
+    },
+    "estimate-survival": {
+        "task": "rollouts.tasks.estimate_survival",
+        "schedule": float(PRISM_SURVIVAL_SECONDS),
+        "options": {"expires": float(PRISM_SURVIVAL_SECONDS)},
     },
     "poll-metric-sources": {
         "task": "metrics.tasks.poll_sources",

@@ -3,7 +3,7 @@
 Each function builds the data of one page or partial. The polled ones (the agents
 overview, the fleet board, the charts) cost a number of queries that does not grow with
 the number of versions, sessions or rollouts: they read the fleet read model
-(``rollouts.drain.fleet``), the live-sessions index and the fleet snapshots, never the
+(``rollouts.fleet``), the live-sessions index and the fleet snapshots, never the
 session history.
 """
 
@@ -22,7 +22,7 @@ from controlplane.health import BEAT
 from controlplane.models import BeatTick
 from dashboard.diffs import compact
 from metrics.gates import TOLERANCES
-from rollouts import drain, engine, snapshots
+from rollouts import drain, engine, fleet, snapshots
 from rollouts.models import (
     OPEN_STATES,
     Rollout,
@@ -414,13 +414,13 @@ def board(agent: Agent, now: datetime | None = None) -> Board:
     """The fleet board of one agent.
 
     Its queries do not depend on the number of versions or sessions:
-    1. ``rollouts.drain.fleet``: versions, states, counts and drain ETAs;
+    1. ``rollouts.fleet.fleet``: versions, states, counts and drain ETAs;
     2. the routing epoch, the open rollout (with its versions), the oldest live
        session (from the live-sessions index), the latest audit entries, and the
        agent's version ids for colours.
     """
     now = now or timezone.now()
-    fleet = drain.fleet(agent, now)
+    versions = fleet.fleet(agent, now)
     routing = Routing.objects.filter(agent=agent).only("epoch", "stable_history").first()
     open_rollout = (
         Rollout.objects.filter(agent=agent, state__in=OPEN_STATES)
@@ -435,7 +435,7 @@ def board(agent: Agent, now: datetime | None = None) -> Board:
 
     summary = rollout_summary(open_rollout) if open_rollout else None
     rows = []
-    for item in fleet:
+    for item in versions:
         roles = []
         if item.version.pk == agent.stable_id:
             roles.append("stable")

@@ -30,7 +30,7 @@ from controlplane.api import Conflict, StrictBooleanField, StrictFloatField, Str
 from controlplane.auth import authorise, caller_for_key, token_key
 from controlplane.models import Role
 from metrics.gates import DEFAULT_GATES, GateError, validate_gates
-from rollouts import drain, engine, sessions
+from rollouts import drain, engine, fleet, sessions
 from rollouts.models import Evaluation, Rollout, Routing, SessionState
 from rollouts.routing import etag
 from versions.api import VersionSerializer
@@ -98,7 +98,11 @@ class DrainSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     live_at_start = serializers.IntegerField(allow_null=True)
     progress = serializers.FloatField(allow_null=True, min_value=0, max_value=1)
-    eta_s = serializers.FloatField(allow_null=True, help_text="Seconds until drained.")
+    eta_s = serializers.FloatField(
+        allow_null=True,
+        help_text="Median seconds until drained: the agent's survival curve conditioned on "
+        "each live session's age, capped by what the drain policy leaves it.",
+    )
     forced = serializers.BooleanField()
     forced_reason = serializers.CharField(allow_blank=True)
     drained_at = serializers.DateTimeField(allow_null=True)
@@ -112,8 +116,11 @@ class FleetVersionSerializer(serializers.Serializer):
         choices=[drain.INACTIVE, drain.ACTIVE, drain.DRAINING, drain.DRAINED]
     )
     weight = serializers.IntegerField(help_text="Basis points of new sessions.")
-    live_sessions = serializers.IntegerField()
-    total_sessions = serializers.IntegerField()
+    live_sessions = serializers.IntegerField(help_text="Exact at the moment of the request.")
+    total_sessions = serializers.IntegerField(
+        help_text="Sessions ever pinned to it, from the rollups the beat counts new pins "
+        "into: it trails the newest pins by up to a beat tick plus the pin settle delay."
+    )
     drain = DrainSerializer()
 
 
@@ -813,7 +820,7 @@ class SessionFeedback(APIView):
 
 
 def fleet_payload(agent: Agent) -> dict[str, Any]:
-    rows = drain.fleet(agent)
+    rows = fleet.fleet(agent)
     return {
         "agent": agent.slug,
         "stable": agent.stable_id,

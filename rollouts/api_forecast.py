@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from rollouts import forecast as model
-from rollouts.drain import survival_curve
+from rollouts.fleet import survival_curve
 from rollouts.models import Lifecycle, Routing, Session, SessionState
 from versions.models import Agent
 

@@ -1,4 +1,5 @@
-"""Version lifecycle, drain progress and ETA, and the drain policies."""
+"""Version lifecycle and the drain policies. The fleet view (states, progress and ETAs
+as shown) is in rollouts.fleet."""
 
 from __future__ import annotations
 
@@ -12,21 +13,10 @@ from django.utils import timezone
 
 from metrics import rollups
 from rollouts.models import Lifecycle, Routing, Session, SessionState
-from rollouts.survival import SurvivalCurve, drain_eta, kaplan_meier, policy_drain_bound
 from versions.audit import SYSTEM, record
 from versions.models import Agent, Version
 
 INACTIVE, ACTIVE, DRAINING, DRAINED = "inactive", "active", "draining", "drained"
-SURVIVAL_SAMPLE = 5000
-NOT_DRAINING = {
-    "started_at": None,
-    "live_at_start": None,
-    "progress": None,
-    "eta_s": None,
-    "forced": False,
-    "forced_reason": "",
-    "drained_at": None,
-}  # most recent sessions feeding the survival estimate
 
 
 def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
@@ -376,148 +366,3 @@ def enforce_policies(agent: Agent, now: datetime | None = None) -> dict[str, Any
         "force_drained": enforce_max_live_versions(agent, now),
         "drained": sweep_drained(agent, now),
     }
-
-
-# --- the fleet view -------------------------------------------------------------------
-
-
-@dataclass
-class FleetVersion:
-    version: Version
-    state: str
-    weight: int
-    live_sessions: int
-    total_sessions: int
-    drain: dict[str, Any] | None
-
-
-def survival_curve(
-    agent: Agent, now: datetime, also_live: dict[int, datetime] | None = None
-) -> SurvivalCurve:
-    """Kaplan-Meier over the agent's recent sessions: ended ones are events, live ones
-    are censored at their current age.
-
-    Only the ``SURVIVAL_SAMPLE`` most recently started sessions are read. ``also_live``
-    (``{session pk: started_at}``) adds live sessions from before the sample, censored:
-    the long sessions a draining version waits for are the oldest ones, and left out
-    they would read as if nothing ever lasted that long.
-    """
-    rows = (
-        Session.objects.filter(agent=agent)
-        .order_by("-started_at")
-        .values_list("pk", "state", "started_at", "ended_at", "last_seen_at")[:SURVIVAL_SAMPLE]
-    )
-    durations, observed, seen = [], [], set()
-    for pk, state, started_at, ended_at, last_seen_at in rows:
-        seen.add(pk)
-        if state == SessionState.LIVE:
-            durations.append(max((now - started_at).total_seconds(), 0.0))
-            observed.append(False)
-        else:
-            end = last_seen_at if state == SessionState.ABANDONED else (ended_at or last_seen_at)
-            durations.append(max((end - started_at).total_seconds(), 0.0))
-            observed.append(True)
-    for pk, started_at in (also_live or {}).items():
-        if pk not in seen:
-            durations.append(max((now - started_at).total_seconds(), 0.0))
-            observed.append(False)
-    return kaplan_meier(durations, observed)
-
-
-def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
-    """Every version worth showing, with its derived state and drain progress.
-
-    Inactive, active and draining versions are all listed; of the drained ones only the
-    ``retain_drained`` most recently drained, which stay instantly rollback-able.
-
-    The number of queries does not depend on the number of versions or sessions:
-    1. the routing row, the session counts per version, and the versions with their
-       lifecycles;
-    2. with any version draining, the ages of every live session on a draining
-       version, and the agent's survival curve over its recent sessions plus those,
-       in one query each.
-    """
-    now = now or timezone.now()
-    routing = Routing.objects.filter(agent=agent).first()
-    weights = {int(k): int(v) for k, v in (routing.weights if routing else {}).items()}
-    versions = list(
-        Version.objects.filter(agent=agent).select_related("lifecycle", "agent").order_by("-id")
-    )
-    # COUNT(*) grouped by (version, state) can be answered from the (version, state)
-    # index alone, without visiting the rows of every session the agent ever had.
-    counts: dict[int, dict[str, int]] = {}
-    for row in (
-        Session.objects.filter(agent=agent, version_id__in=[v.pk for v in versions])
-        .values("version_id", "state")
-        .annotate(n=Count("*"))
-        .order_by()
-    ):
-        entry = counts.setdefault(row["version_id"], {"live": 0, "total": 0})
-        entry["total"] += row["n"]
-        if row["state"] == SessionState.LIVE:
-            entry["live"] += row["n"]
-    rows = []
-    for version in versions:
-        lifecycle = getattr(version, "lifecycle", None)
-        live = counts.get(version.pk, {}).get("live", 0)
-        rows.append(
-            (version, lifecycle, live, version_state(weights.get(version.pk, 0), live, lifecycle))
-        )
-
-    # The most recently drained first: the previous stable is among them.
-    drained = sorted(
-        (r for r in rows if r[3] == DRAINED),
-        key=lambda r: (r[1].drain_started_at is not None, r[1].drain_started_at, r[0].pk),
-        reverse=True,
-    )
-    hidden = {r[0].pk for r in drained[agent.retain_drained :]}
-    draining = [r[0].pk for r in rows if r[3] == DRAINING and r[1] and r[1].drain_started_at]
-    ages: dict[int, list[float]] = {pk: [] for pk in draining}
-    curve = None
-    if draining:
-        waited_for: dict[int, datetime] = {}
-        for pk, version_id, started_at in Session.objects.filter(
-            agent=agent, version_id__in=draining, state=SessionState.LIVE
-        ).values_list("pk", "version_id", "started_at"):
-            ages[version_id].append(max((now - started_at).total_seconds(), 0.0))
-            waited_for[pk] = started_at
-        curve = survival_curve(agent, now, also_live=waited_for)
-
-    result = []
-    for version, lifecycle, live, state in rows:
-        if version.pk in hidden:
-            continue
-        # Always an object, so clients can read drain["progress"] without a null check;
-        # its fields are null while the version is not draining.
-        drain = dict(NOT_DRAINING)
-        if state in (DRAINING, DRAINED) and lifecycle and lifecycle.drain_started_at:
-            at_start = lifecycle.live_at_drain_start or 0
-            progress = 1.0 if at_start == 0 else max(0.0, min(1.0, 1 - live / at_start))
-            eta = 0.0
-            if state == DRAINING:
-                bound = policy_drain_bound(
-                    ages[version.pk],
-                    max_session_age_s=agent.max_session_age_s,
-                    drain_grace_s=agent.drain_grace_s,
-                )
-                eta = drain_eta(curve, ages[version.pk], policy_bound_s=bound)
-            drain = {
-                "started_at": lifecycle.drain_started_at,
-                "live_at_start": at_start,
-                "progress": round(progress, 4),
-                "eta_s": eta,
-                "forced": lifecycle.forced_drain_at is not None,
-                "forced_reason": lifecycle.forced_drain_reason,
-                "drained_at": lifecycle.drained_at,
-            }
-        result.append(
-            FleetVersion(
-                version,
-                state,
-                weights.get(version.pk, 0),
-                live,
-                counts.get(version.pk, {}).get("total", 0),
-                drain,
-            )
-        )
-    return result

@@ -289,3 +289,28 @@ class FleetSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"fleet of {self.agent_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class SurvivalEstimate(models.Model):
+    """An agent's session survival curve over the recent window, as the beat last
+    computed it: the drain ETAs of the fleet read it instead of the sessions.
+
+    ``times`` and ``survival`` are the Kaplan-Meier step function (seconds, S after each
+    step), on a grid that keeps them to at most a few thousand numbers.
+    """
+
+    agent = models.OneToOneField(
+        Agent, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    computed_at = models.DateTimeField()
+    window_s = models.PositiveIntegerField(help_text="The window the sessions were live in")
+    times = models.JSONField(default=list)
+    survival = models.JSONField(default=list)
+    sampled = models.PositiveIntegerField(default=0, help_text="Sessions read, live ones too")
+    events = models.PositiveIntegerField(default=0, help_text="Of those, the ones that ended")
+    sessions = models.FloatField(
+        default=0.0, help_text="The sessions of the window that the sample stands for"
+    )
+
+    def __str__(self) -> str:
+        return f"survival of {self.agent_id} at {self.computed_at:%Y-%m-%d %H:%M:%S}"

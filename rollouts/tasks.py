@@ -13,7 +13,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 
 from controlplane import taskruns
 from controlplane.models import TaskRun
-from rollouts import drain, engine, snapshots
+from rollouts import drain, engine, fleet, snapshots
 from rollouts.models import Rollout, RolloutState
 from versions.audit import SYSTEM
 from versions.models import Agent
@@ -112,3 +112,20 @@ def apply_transition(self: Task, rollout_id: int, action: str, expected_stage: i
         # The window between the change committing and the message being acknowledged.
         time.sleep(settings.PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S)
     return run.outcome
+
+
+@shared_task(ignore_result=True)
+def estimate_survival(agent_id: int | None = None) -> int:
+    """Recompute an agent's stored survival curve (``fleet.refresh_estimate``); without
+    an agent, fan out one task per agent, each expiring with the tick. Returns how many
+    agents it covered."""
+    if agent_id is not None:
+        agent = Agent.objects.filter(pk=agent_id).first()
+        if agent is not None:
+            fleet.refresh_estimate(agent)
+        return int(agent is not None)
+    expires = float(settings.PRISM_SURVIVAL_SECONDS)
+    ids = list(Agent.objects.values_list("pk", flat=True))
+    for pk in ids:
+        estimate_survival.apply_async((pk,), expires=expires)
+    return len(ids)

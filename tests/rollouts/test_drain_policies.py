@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from metrics.models import Rollup
 from rollouts import drain, engine, sessions
+from rollouts.fleet import fleet as fleet_view
 from rollouts.models import FULL, Lifecycle, Routing, Session
 from rollouts.routing import Table, bucket
 from tests.concurrency import race
@@ -549,11 +550,11 @@ def test_a_version_drained_of_sessions_is_active_again_after_a_rollback_to_it(
 ):
     v1, v2 = superseded(policy_agent, make_version, harness, actor, "s")
     harness.post(END.format(slug=policy_agent.slug, sid="s"), {}, format="json")
-    states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
+    states = {row.version.pk: row.state for row in fleet_view(policy_agent)}
     assert states == {v1.pk: "drained", v2.pk: "active"}
 
     engine.rollback_agent(policy_agent, actor=actor, reason="back")
-    states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
+    states = {row.version.pk: row.state for row in fleet_view(policy_agent)}
     assert states[v1.pk] == "active"
     lifecycle = Lifecycle.objects.get(pk=v1.pk)
     assert (lifecycle.drain_started_at, lifecycle.drained_at) == (None, None)
@@ -568,7 +569,7 @@ def test_a_draining_version_is_active_again_when_it_gets_weight(
     v1, v2 = superseded(policy_agent, make_version, harness, actor, "s")
     age("s", started_at=101)
     set_weights(policy_agent, {v1: 1, v2: FULL - 1})
-    states = {row.version.pk: row.state for row in drain.fleet(policy_agent)}
+    states = {row.version.pk: row.state for row in fleet_view(policy_agent)}
     assert states == {v1.pk: "active", v2.pk: "active"}
     # Active again: old sessions on it are no longer told to drain.
     assert beat(harness, policy_agent, "s") == "continue"

@@ -6,9 +6,11 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.utils import timezone
 
-from rollouts import drain, engine
+from metrics import rollups
+from rollouts import engine
 from rollouts.models import Session
 
 START = "/api/agents/{slug}/sessions/"
@@ -24,6 +26,13 @@ def start(client, agent, sid: str) -> int:
 
 def end(client, agent, sid: str) -> None:
     assert client.post(END.format(slug=agent.slug, sid=sid), {}, format="json").status_code == 200
+
+
+def count_pins() -> None:
+    """What the beat does every tick: count new pins into the rollups, which the
+    totals read. No settle delay here: every pin of a test has committed."""
+    rollups.count_assignments(settle_s=0)
+    rollups.count_assignments(settle_s=0)
 
 
 def fleet(client, agent) -> dict[int, dict]:
@@ -44,6 +53,7 @@ def test_it_lists_each_version_with_its_state_and_counts(
     end(harness, agent, "c")
     engine.set_stable(agent, v2, actor=actor)
     start(harness, agent, "d")
+    count_pins()
 
     rows = fleet(viewer, agent)
     assert list(rows) == [v3.pk, v2.pk, v1.pk]
@@ -192,6 +202,55 @@ def test_it_shows_forced_drains(agent, make_version, harness, viewer, actor):
     assert drain["live_at_start"] == 1
 
 
+def test_totals_come_from_the_rollups_and_trail_the_newest_pins(
+    agent, make_version, harness, viewer, actor
+):
+    """Live counts are exact at once; a total counts a pin once the beat has counted it
+    (``sessions_assigned``), never by counting the history."""
+    v1 = make_version(agent)
+    engine.set_stable(agent, v1, actor=actor)
+    for sid in ("a", "b", "c"):
+        start(harness, agent, sid)
+    end(harness, agent, "c")
+
+    row = fleet(viewer, agent)[v1.pk]
+    assert (row["live_sessions"], row["total_sessions"]) == (2, 0)
+    count_pins()
+    row = fleet(viewer, agent)[v1.pk]
+    assert (row["live_sessions"], row["total_sessions"]) == (2, 3)
+    start(harness, agent, "d")
+    row = fleet(viewer, agent)[v1.pk]
+    assert (row["live_sessions"], row["total_sessions"]) == (3, 3)
+
+
+def test_an_evacuated_version_drains_within_its_grace(agent, make_version, harness, viewer, actor):
+    """Sessions of this agent last two hours. Drained normally, a version waits for
+    them; evacuated, its sessions are terminated once the grace runs out, so the ETA is
+    at most the grace, not max_session_age_s + drain_grace_s."""
+    v1, v2 = make_version(agent), make_version(agent)
+    engine.set_stable(agent, v1, actor=actor)
+    now = timezone.now()
+    for i in range(30):
+        sid = f"hist-{i}"
+        start(harness, agent, sid)
+        end(harness, agent, sid)
+        began = now - timedelta(hours=3)
+        Session.objects.filter(session_id=sid).update(
+            started_at=began, ended_at=began + timedelta(seconds=7200 + 10 * i)
+        )
+    engine.set_stable(agent, v2, actor=actor)
+    for i in range(5):
+        start(harness, agent, f"live-{i}")
+    engine.set_stable(agent, v1, actor=actor)  # v2 drains by itself
+    assert 7000 <= fleet(viewer, agent)[v2.pk]["drain"]["eta_s"] <= 7600
+
+    engine.set_stable(agent, v2, actor=actor)
+    engine.rollback_agent(agent, actor=actor, reason="broken tool", evacuate=True)
+    row = fleet(viewer, agent)[v2.pk]
+    assert row["drain"]["forced"] is True
+    assert 0 < row["drain"]["eta_s"] <= agent.drain_grace_s
+
+
 class RowsRead:
     """Rows the database hands back to Python, summed over every statement."""
 
@@ -207,24 +266,24 @@ class RowsRead:
         return result
 
 
-def test_past_the_survival_sample_the_eta_still_counts_every_live_session(
-    agent, make_version, harness, viewer, actor, monkeypatch
+@override_settings(PRISM_SURVIVAL_SAMPLE=30)
+def test_a_long_live_session_keeps_its_place_in_a_sampled_estimate(
+    agent, make_version, harness, viewer, actor
 ):
-    """The survival curve reads only the agent's most recent sessions. A long session
-    still live on a draining version started before all of them: it must stay in the
-    estimate (censored at its age) rather than count as ended, and the fleet must not
-    read more rows for having a long history."""
-    monkeypatch.setattr(drain, "SURVIVAL_SAMPLE", 30)
+    """More sessions ended in the window than the sample holds, and more still before
+    it. A long session still live on a draining version stays in the estimate
+    (censored at its age) rather than count as ended; the estimate reads the sample,
+    not the history."""
     v1, v2 = make_version(agent), make_version(agent)
     engine.set_stable(agent, v1, actor=actor)
     start(harness, agent, "marathon")
     now = timezone.now()
     Session.objects.filter(session_id="marathon").update(started_at=now - timedelta(hours=2))
-    for i in range(80):  # more than the sample, all short and recent
+    for i in range(120):  # 80 short and recent, 40 before the window
         sid = f"short-{i}"
         start(harness, agent, sid)
         end(harness, agent, sid)
-        began = now - timedelta(seconds=600 - i)
+        began = now - (timedelta(seconds=600 - i) if i < 80 else timedelta(days=8, seconds=i))
         Session.objects.filter(session_id=sid).update(
             started_at=began, ended_at=began + timedelta(seconds=60)
         )
@@ -234,14 +293,20 @@ def test_past_the_survival_sample_the_eta_still_counts_every_live_session(
     with connection.execute_wrapper(reads):
         row = fleet(viewer, agent)[v1.pk]
 
-    assert (row["state"], row["live_sessions"], row["total_sessions"]) == ("draining", 1, 81)
+    assert (row["state"], row["live_sessions"]) == ("draining", 1)
     # No session this old has ever ended: no estimate from the history, so the drain
     # policy bounds it (told to drain at max_session_age_s, then drain_grace_s).
     bound = agent.max_session_age_s - 2 * 3600 + agent.drain_grace_s
-    assert row["drain"]["eta_s"] == pytest.approx(bound, abs=5)
-    # The sample, the live sessions of draining versions and a few rows per version.
-    assert reads.rows <= 30 + 1 + 10
-    assert reads.statements <= 10
+    assert row["drain"]["eta_s"] == pytest.approx(bound, abs=30)  # the test's own time
+    # The first fleet computes the estimate: the live sessions, the sample's first try
+    # (31 rows), then 24 strata of 2 rows each, and a few rows per version.
+    assert reads.rows <= 1 + 31 + 24 * 2 + 10
+    reads = RowsRead()
+    with connection.execute_wrapper(reads):
+        again = fleet(viewer, agent)[v1.pk]
+    assert again["drain"]["eta_s"] == pytest.approx(bound, abs=30)
+    assert reads.rows <= 10  # the stored estimate from now on
+    assert reads.statements <= 8
 
 
 @pytest.mark.parametrize(

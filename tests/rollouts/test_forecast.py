@@ -396,6 +396,7 @@ def test_its_queries_do_not_grow_with_the_sessions(viewer, agent, fleet):
             assert viewer.get("/api/agents/research/forecast/").status_code == 200
         return len(captured)
 
+    queries()  # the agent's first survival estimate is computed and stored here
     few = queries()
     fleet[2](fleet[1], 300, age_h=1)
     fleet[2](fleet[1], 300, age_h=5, ended_after_h=2)

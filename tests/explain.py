@@ -1,0 +1,102 @@
+"""What a piece of code costs the database: every SELECT it runs, explained with
+``EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`` on PostgreSQL.
+
+    with Explained() as cost:
+        client.get("/api/agents/research/fleet/")
+    assert cost.rows_read <= 4 * live
+
+``rows_read`` is what the scans touched: the rows each scan node returned plus those its
+filter or recheck threw away, over all its loops. ``buffers`` is the shared buffers
+hit and read by each statement's execution (planning left out: it reads the catalogs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection
+
+SCANS = {
+    "Seq Scan",
+    "Index Scan",
+    "Index Only Scan",
+    "Bitmap Heap Scan",
+    "Tid Scan",
+    "Tid Range Scan",
+}
+
+
+def explain(sql: str, params: Any = None) -> dict[str, Any]:
+    """The top of the plan of one statement, run for real (ANALYZE)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", params)
+        plan = cursor.fetchone()[0]
+    return (plan if isinstance(plan, list) else json.loads(plan))[0]
+
+
+def nodes(plan: dict[str, Any]):
+    """Every node of a plan, depth first."""
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes(child)
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    total = 0
+    for node in nodes(plan["Plan"]):
+        if node["Node Type"] in SCANS:
+            per_loop = (
+                node.get("Actual Rows", 0)
+                + node.get("Rows Removed by Filter", 0)
+                + node.get("Rows Removed by Index Recheck", 0)
+            )
+            total += int(per_loop * node.get("Actual Loops", 1))
+    return total
+
+
+def buffers(plan: dict[str, Any]) -> int:
+    top = plan["Plan"]
+    return int(top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0))
+
+
+@dataclass
+class Explained:
+    """Captures the SELECTs run inside it, and explains each on the way out."""
+
+    statements: list[tuple[str, Any]] = field(default_factory=list)
+    plans: list[dict[str, Any]] = field(default_factory=list)
+
+    def _capture(self, execute, sql, params, many, context):
+        if not many and sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            self.statements.append((sql, params))
+        return execute(sql, params, many, context)
+
+    def __enter__(self) -> Explained:
+        self._wrapper = connection.execute_wrapper(self._capture)
+        self._wrapper.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._wrapper.__exit__(*exc)
+        if exc[0] is None:
+            self.plans = [explain(sql, params) for sql, params in self.statements]
+
+    @property
+    def rows_read(self) -> int:
+        return sum(rows_read(plan) for plan in self.plans)
+
+    @property
+    def buffers(self) -> int:
+        return sum(buffers(plan) for plan in self.plans)
+
+    def worst(self) -> list[tuple[int, int, str]]:
+        """(rows read, buffers, statement) of each statement, the costliest first."""
+        return sorted(
+            (
+                (rows_read(p), buffers(p), sql[:200])
+                for p, (sql, _) in zip(self.plans, self.statements, strict=True)
+            ),
+            reverse=True,
+        )
