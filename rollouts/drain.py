@@ -3,6 +3,7 @@ as shown) is in rollouts.fleet."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,22 @@ def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
     if lifecycle is None or lifecycle.first_routed_at is None:
         return DRAINING if live else INACTIVE
     return DRAINING if live else DRAINED
+
+
+def drain_progress(live: int, live_at_start: int) -> float:
+    """``1 - live_now / live_at_drain_start``, within [0, 1], to four places: the share of
+    a draining version's sessions that have ended since its drain began."""
+    if live_at_start == 0:
+        return 1.0
+    return round(max(0.0, min(1.0, 1 - live / live_at_start)), 4)
+
+
+def hidden_drained(drained: Iterable[tuple[int, datetime | None]], retain_drained: int) -> set[int]:
+    """The drained versions a fleet leaves out: all but the ``retain_drained`` most
+    recently drained (``(version id, drain_started_at)`` pairs), which stay instantly
+    rollback-able; the previous stable is among them."""
+    ranked = sorted(drained, key=lambda d: (d[1] is not None, d[1], d[0]), reverse=True)
+    return {pk for pk, _ in ranked[retain_drained:]}
 
 
 def live_counts(agent: Agent | int, version_ids: list[int] | None = None) -> dict[int, int]:

@@ -45,7 +45,7 @@ from metrics.judge import MISMATCH, NOT_REPORTED
 
 # The fleet's read model (its version states). Imported in this one place, so that
 # moving it to another module means changing this line only.
-from rollouts import drain as fleet_model
+from rollouts import drain as fleet_model  # the fleet's states and rules, not its reads
 from rollouts.models import Lifecycle, Rollout, RolloutState, Session, SessionState
 from versions.models import Agent, Version
 
@@ -63,14 +63,6 @@ FULL_WEIGHT = 10000  # basis points
 
 
 # --- the fleet, read at scrape time ---------------------------------------------------
-
-
-def drain_progress(live: int, live_at_start: int) -> float:
-    """``1 - live_now / live_at_drain_start``, within [0, 1], rounded as the fleet
-    endpoint rounds it (tests/rollouts/test_exposition.py holds the two together)."""
-    if live_at_start == 0:
-        return 1.0
-    return round(max(0.0, min(1.0, 1 - live / live_at_start)), 4)
 
 
 class FleetCollector:
@@ -255,12 +247,10 @@ def _listed_versions(
         count = live.get(pk, 0)
         state = fleet_model.version_state(weights.get(pk, 0), count, lifecycle)
         rows.append((pk, lifecycle, count, state))
-    drained = sorted(
-        (r for r in rows if r[3] == fleet_model.DRAINED),
-        key=lambda r: (r[1].drain_started_at is not None, r[1].drain_started_at, r[0]),
-        reverse=True,
+    hidden = fleet_model.hidden_drained(
+        ((r[0], r[1].drain_started_at) for r in rows if r[3] == fleet_model.DRAINED),
+        agent["retain_drained"],
     )
-    hidden = {r[0] for r in drained[agent["retain_drained"] :]}
     listed = []
     for pk, lifecycle, count, state in rows:
         if pk in hidden:
@@ -271,7 +261,7 @@ def _listed_versions(
             and lifecycle is not None
             and lifecycle.drain_started_at is not None
         ):
-            progress = drain_progress(count, lifecycle.live_at_drain_start or 0)
+            progress = fleet_model.drain_progress(count, lifecycle.live_at_drain_start or 0)
         listed.append(
             {
                 "id": pk,

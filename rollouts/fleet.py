@@ -24,7 +24,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from metrics import rollups
-from rollouts.drain import DRAINED, DRAINING, live_counts, version_state
+from rollouts.drain import (
+    DRAINED,
+    DRAINING,
+    drain_progress,
+    hidden_drained,
+    live_counts,
+    version_state,
+)
 from rollouts.models import Routing, Session, SessionState, SurvivalEstimate
 from rollouts.survival import (
     Span,
@@ -215,13 +222,10 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
             (version, lifecycle, n, version_state(weights.get(version.pk, 0), n, lifecycle))
         )
 
-    # Step 2. The most recently drained first: the previous stable is among them.
-    drained = sorted(
-        (r for r in rows if r[3] == DRAINED),
-        key=lambda r: (r[1].drain_started_at is not None, r[1].drain_started_at, r[0].pk),
-        reverse=True,
+    # Step 2.
+    hidden = hidden_drained(
+        ((r[0].pk, r[1].drain_started_at) for r in rows if r[3] == DRAINED), agent.retain_drained
     )
-    hidden = {r[0].pk for r in drained[agent.retain_drained :]}
     rows = [r for r in rows if r[0].pk not in hidden]
 
     totals: dict[int, int] = {}
@@ -257,14 +261,13 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
         drain = dict(NOT_DRAINING)
         if state in (DRAINING, DRAINED) and lifecycle and lifecycle.drain_started_at:
             at_start = lifecycle.live_at_drain_start or 0
-            progress = 1.0 if at_start == 0 else max(0.0, min(1.0, 1 - n / at_start))
             eta = 0.0
             if state == DRAINING:
                 eta = drain_eta(curve, ages[version.pk], caps=caps[version.pk])
             drain = {
                 "started_at": lifecycle.drain_started_at,
                 "live_at_start": at_start,
-                "progress": round(progress, 4),
+                "progress": drain_progress(n, at_start),
                 "eta_s": eta,
                 "forced": lifecycle.forced_drain_at is not None,
                 "forced_reason": lifecycle.forced_drain_reason,
