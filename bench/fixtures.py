@@ -747,8 +747,17 @@ class Cluster:
         )  # fmt: skip
         self.started_here = True
 
+    def others_connected(self) -> bool:
+        """Whether another benchmark is using the cluster (it must stay up for it)."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            ).fetchone()
+        return count > 0
+
     def stop(self) -> None:
-        if self.started_here:
+        if self.started_here and not self.others_connected():
             subprocess.run(
                 self._as_owner(
                     [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-s", "-m", "fast", "stop"]
