@@ -407,7 +407,7 @@ def _sessions(segments: list[Segment], agents: dict[str, Any], now: datetime) ->
             # Live sessions: most on the current epoch; on the busiest agent a share on
             # each draining version, started before that version lost its weight.
             draining = mine[-2 - agent_plan.draining : -2] if agent_plan.draining else []
-            on_draining = round(live_total * 0.15) if draining else 0
+            on_draining = max(round(live_total * 0.15), len(draining)) if draining else 0
             current = mine[-1]
             base, cand, share = _split(current.weights)
             batches = [(current, live_total - on_draining, base, cand, share, 1800.0, 1.0)]
