@@ -22,7 +22,7 @@ from rollouts.fleet import survival_curve
 from rollouts.models import Lifecycle, Routing, Session, SessionState
 from versions.models import Agent
 
-ARRIVAL_SAMPLE = 5000  # newest starts read for the arrival rate
+ARRIVAL_SAMPLE = 5000  # newest ends read for the arrival rate
 ARRIVAL_WINDOW = timedelta(days=7)
 AGE_GROUPS = 50  # live sessions per version are summarised in this many age groups
 HOUR = 3600.0
@@ -93,31 +93,43 @@ def _age_groups(ages: list[float]) -> tuple[tuple[float, int], ...]:
 
 
 def observe(agent: Agent, now: datetime) -> tuple[Any, Observed]:
-    """What the forecast starts from: the survival curve, the arrival rate over the
-    newest starts (up to a week), and the versions live or routed now.
+    """What the forecast starts from: the survival curve, the arrival rate over a recent
+    window, and the versions live or routed now.
 
-    Reads: the curve's sample, the newest starts, the live sessions (by the partial
-    index on live ones), the routing row and the lifecycles of those versions.
+    None of the reads grows with the history:
+    1. The stored survival curve.
+    2. The newest ``ARRIVAL_SAMPLE`` ends within ``ARRIVAL_WINDOW`` (the index on ended
+       sessions). The window starts at the oldest of them, or a week ago (at most the
+       agent's age) when there were fewer.
+    3. Every live session (the live index), its age grouped per version.
+    4. Arrivals: every session started inside the window is either live now or ended
+       inside it, so the two reads count them exactly.
+    5. The routing row and the lifecycles of the versions live or routed.
     """
     curve = survival_curve(agent, now)
-    starts = list(
-        Session.objects.filter(agent=agent, started_at__gte=now - ARRIVAL_WINDOW)
-        .order_by("-started_at")
-        .values_list("started_at", flat=True)[:ARRIVAL_SAMPLE]
+    ends = list(
+        Session.objects.filter(agent=agent, ended_at__gte=now - ARRIVAL_WINDOW)
+        .exclude(state=SessionState.LIVE)
+        .order_by("-ended_at")
+        .values_list("started_at", "ended_at")[:ARRIVAL_SAMPLE]
     )
-    if len(starts) == ARRIVAL_SAMPLE:
-        window_h = (now - starts[-1]).total_seconds() / HOUR
+    if len(ends) == ARRIVAL_SAMPLE:
+        since = ends[-1][1]
     else:
-        window_h = min(now - agent.created_at, ARRIVAL_WINDOW).total_seconds() / HOUR
-    arrivals = len(starts) / max(window_h, 1 / 60)
+        since = now - min(now - agent.created_at, ARRIVAL_WINDOW)
 
     ages: dict[int, list[float]] = {}
+    started = sum(1 for started_at, _ in ends if started_at >= since)
     for version_id, started_at in (
         Session.objects.filter(agent=agent, state=SessionState.LIVE)
         .values_list("version_id", "started_at")
         .iterator(chunk_size=2000)
     ):
         ages.setdefault(version_id, []).append(max((now - started_at).total_seconds(), 0) / HOUR)
+        started += started_at >= since
+    window_h = (now - since).total_seconds() / HOUR
+    arrivals = started / max(window_h, 1 / 60)
+
     routing = Routing.objects.filter(agent=agent).first()
     weights = {int(k): int(v) for k, v in (routing.weights if routing else {}).items() if v}
     ids = sorted(set(ages) | set(weights))

@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from rollouts import engine
+from rollouts import api_forecast, engine
 from rollouts.forecast import ForecastError, Policy, VersionNow, forecast
 from rollouts.models import Session, SessionState
 from rollouts.survival import SurvivalCurve
@@ -329,7 +329,10 @@ def test_it_agrees_with_a_monte_carlo_simulation_of_the_policy(every, age, cap):
 
 @pytest.fixture
 def fleet(agent, make_version):
-    """v1 retired with two live sessions, v2 the stable with live and ended sessions."""
+    """v1 retired with two live sessions, v2 the stable with live and ended sessions, on
+    an agent ten days old (its sessions began after it existed)."""
+    type(agent).objects.filter(pk=agent.pk).update(created_at=timezone.now() - timedelta(days=10))
+    agent.refresh_from_db()
     v1, v2 = make_version(agent, "v1"), make_version(agent, "v2")
     engine.set_stable(agent, v1, actor="test")
     engine.set_stable(agent, v2, actor="test")
@@ -426,3 +429,28 @@ def test_bad_values_get_400_naming_the_field(viewer, agent, fleet, query, field)
 def test_unknown_agents_get_404_and_harnesses_403(viewer, harness, db):
     assert viewer.get("/api/agents/nobody/forecast/").status_code == 404
     assert harness.get("/api/agents/nobody/forecast/").status_code == 403
+
+
+@pytest.mark.parametrize("sample", [5000, 7])
+def test_the_arrival_rate_counts_every_start_inside_its_window(
+    viewer, agent, fleet, monkeypatch, sample
+):
+    """Read from the ended and the live sessions only, the count of starts inside the
+    window equals a brute force over every row, whether the window is a week (few ends)
+    or as far back as the newest ``sample`` ends reach."""
+    monkeypatch.setattr(api_forecast, "ARRIVAL_SAMPLE", sample)
+    fleet[2](fleet[1], 9, age_h=30, ended_after_h=0.5)  # started and ended inside a week
+    fleet[2](fleet[1], 4, age_h=24 * 9, ended_after_h=24 * 2.5)  # started before it
+    now = timezone.now()
+    _, seen = api_forecast.observe(agent, now)
+
+    rows = Session.objects.filter(agent=agent).values_list("started_at", "ended_at", "state")
+    ends = sorted((e for _, e, state in rows if state != SessionState.LIVE), reverse=True)
+    ends = [e for e in ends if e >= now - api_forecast.ARRIVAL_WINDOW]
+    if len(ends) >= sample:
+        since = ends[sample - 1]
+    else:
+        since = now - min(now - agent.created_at, api_forecast.ARRIVAL_WINDOW)
+    started = sum(1 for s, _, _ in rows if s >= since)
+    assert seen.arrivals_per_h == pytest.approx(started / ((now - since).total_seconds() / 3600))
+    assert seen.arrivals_per_h > 0
