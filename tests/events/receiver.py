@@ -1,5 +1,6 @@
 """A real HTTP receiver for webhook tests: http.server in a thread, answering with the
-statuses it is given in turn (then 200), and keeping every request it got."""
+statuses it is given in turn (then 200), and keeping every POST it got. A GET answers
+as an empty http_json metric export, so it can play a metric source too."""
 
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ class Receiver:
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 answer = f"answer {status}".encode()
                 self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def do_GET(self) -> None:
+                # An http_json metric export with nothing new, or the status given.
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                answer = b'{"outcomes": [], "next_cursor": null}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
