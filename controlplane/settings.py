@@ -303,6 +303,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "SessionStateEnum": "rollouts.models.SessionState",
         "RolloutStateEnum": "rollouts.models.RolloutState",
+        "EventTypeEnum": "events.models.EventType",
+        "DeliveryStatusEnum": "events.models.DeliveryStatus",
         "VersionStateEnum": ["inactive", "active", "draining", "drained"],
         "LayerEnum": ["code", "model", "prompts", "tools"],
         "PromptPartStatusEnum": ["added", "removed", "unchanged", "modified"],
