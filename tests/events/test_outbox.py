@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 import events
 from events.models import Delivery, Event, Webhook
@@ -107,3 +108,18 @@ def test_an_event_outside_a_transaction_is_refused(agent, make_version):
     with pytest.raises(OutsideTransaction):
         events.emit("version.drained", agent=agent, subject=version)
     assert not Event.objects.exists()
+
+
+def test_an_events_cost_does_not_grow_with_its_webhooks(agent, v1, v2, receiver, allow_private):
+    rollout = start_rollout(agent, v2, stages=STAGES)
+    counts = []
+    for hooks in (1, 5):
+        Webhook.objects.all().delete()
+        Webhook.objects.bulk_create(Webhook(agent=agent, url=receiver.url) for _ in range(hooks))
+        with CaptureQueriesContext(connection) as paused:
+            engine.transition(rollout.pk, "pause", actor="tester")
+        engine.transition(rollout.pk, "resume", actor="tester")
+        counts.append(len(paused))
+
+    assert counts[0] == counts[1]
+    assert Delivery.objects.filter(event__type="rollout.paused").count() == 5
