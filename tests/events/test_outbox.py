@@ -9,7 +9,9 @@ from django.test.utils import CaptureQueriesContext
 import events
 from events.models import Delivery, Event, Webhook
 from events.outbox import OutsideTransaction
+from metrics import rollups
 from rollouts import engine
+from rollouts.models import Routing
 from tests.rollouts.conftest import start_rollout
 from versions.models import AuditEntry
 
@@ -123,3 +125,19 @@ def test_an_events_cost_does_not_grow_with_its_webhooks(agent, v1, v2, receiver,
 
     assert counts[0] == counts[1]
     assert Delivery.objects.filter(event__type="rollout.paused").count() == 5
+
+
+def test_a_sample_ratio_mismatch_is_announced_once_per_stage(agent, v1, v2):
+    stages = [{"percent": 50, "min_duration_s": 3600}, 100]
+    rollout = start_rollout(agent, v2, stages=stages)
+    for _ in range(2):  # halted, resumed (the stage starts over), mismatching again
+        epoch = Routing.objects.get(agent=agent).epoch
+        rollups.add_assignments([(v1.pk, epoch, 400), (v2.pk, epoch, 100)])
+        assert engine.transition(rollout.pk, "evaluate", actor="tester").state == "halted"
+        engine.transition(rollout.pk, "resume", actor="tester")
+
+    assert Event.objects.filter(type="rollout.halted").count() == 2
+    (mismatch,) = Event.objects.filter(type="rollout.sample_ratio_mismatch")
+    assert mismatch.data["stage"] == 0
+    assert mismatch.data["counts"] == {"candidate": 100, "baseline": 400}
+    assert mismatch.text.startswith(f"research: rollout {rollout.pk} has a sample ratio mismatch")
