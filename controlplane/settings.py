@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import os
 import secrets
 import time
@@ -43,6 +44,17 @@ def envint(name: str, default: str) -> int:
         return int(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+
+
+def envfloat(name: str, default: str) -> float:
+    value = os.environ.get(name, default)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ImproperlyConfigured(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
 
 
 def envlist(name: str, default: str) -> list[str]:
@@ -211,6 +223,7 @@ INSTALLED_APPS = [
     "versions",
     "metrics",
     "rollouts",
+    "events",
     "dashboard",
 ]
 
@@ -306,6 +319,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "SessionStateEnum": "rollouts.models.SessionState",
         "RolloutStateEnum": "rollouts.models.RolloutState",
+        "EventTypeEnum": "events.models.EventType",
+        "DeliveryStatusEnum": "events.models.DeliveryStatus",
         "VersionStateEnum": ["inactive", "active", "draining", "drained"],
         "LayerEnum": ["code", "model", "prompts", "tools"],
         "PromptPartStatusEnum": ["added", "removed", "unchanged", "modified"],
@@ -394,7 +409,26 @@ for _name in ("PRISM_SURVIVAL_WINDOW_S", "PRISM_SURVIVAL_SAMPLE", "PRISM_SURVIVA
         raise ImproperlyConfigured(f"{_name} must be at least 1")
 # What metrics reads sessions through (metrics.feed): rollouts sits above metrics.
 PRISM_SESSION_FEED = "rollouts.feed"
+# Webhooks (events/): a POST's timeout, the retry backoff (the ceiling doubles from the
+# base up to the cap, the wait drawn from its upper half), the attempts before a
+# delivery fails, and how often the beat sweeps due deliveries. Loopback, private and
+# other non-public addresses are refused unless PRISM_WEBHOOKS_ALLOW_PRIVATE is true.
+PRISM_WEBHOOKS_ALLOW_PRIVATE = envbool("PRISM_WEBHOOKS_ALLOW_PRIVATE", "false")
+PRISM_WEBHOOK_TIMEOUT_S = envfloat("PRISM_WEBHOOK_TIMEOUT_S", "5")
+PRISM_WEBHOOK_BACKOFF_BASE_S = envfloat("PRISM_WEBHOOK_BACKOFF_BASE_S", "10")
+PRISM_WEBHOOK_BACKOFF_CAP_S = envfloat("PRISM_WEBHOOK_BACKOFF_CAP_S", "3600")
+PRISM_WEBHOOK_MAX_ATTEMPTS = envint("PRISM_WEBHOOK_MAX_ATTEMPTS", "8")
+PRISM_WEBHOOK_SWEEP_SECONDS = envint("PRISM_WEBHOOK_SWEEP_SECONDS", str(PRISM_BEAT_SECONDS))
+if PRISM_WEBHOOK_TIMEOUT_S <= 0 or PRISM_WEBHOOK_MAX_ATTEMPTS < 1:
+    raise ImproperlyConfigured(
+        "PRISM_WEBHOOK_TIMEOUT_S must be above 0 and PRISM_WEBHOOK_MAX_ATTEMPTS at least 1"
+    )
 CELERY_BEAT_SCHEDULE = {
+    "sweep-webhook-deliveries": {
+        "task": "events.tasks.sweep_deliveries",
+        "schedule": float(PRISM_WEBHOOK_SWEEP_SECONDS),
+        "options": {"expires": float(PRISM_WEBHOOK_SWEEP_SECONDS)},
+    },
     "enforce-drain-policies": {
         "task": "rollouts.tasks.enforce_drain_policies",
         "schedule": float(PRISM_BEAT_SECONDS),

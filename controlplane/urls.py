@@ -18,6 +18,7 @@ api = [
     path("audit/", versions_api.AuditList.as_view(), name="audit-list"),
     path("", include("rollouts.urls")),
     path("", include("metrics.urls")),
+    path("", include("events.urls")),
     path("health/", HealthView.as_view(), name="health"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", DocsView.as_view(url_name="schema"), name="docs"),

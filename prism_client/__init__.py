@@ -25,6 +25,7 @@ from prism_client.errors import (
 )
 from prism_client.routing import RoutingTable, bucket
 from prism_client.transport import Call
+from prism_client.webhooks import verify
 
 __all__ = [
     "Call",
@@ -42,4 +43,5 @@ __all__ = [
     "Version",
     "bucket",
     "validate_outcome",
+    "verify",
 ]

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+import events
 from metrics import rollups
 from rollouts.models import Lifecycle, Routing, Session, SessionState
 from versions.audit import SYSTEM, record
@@ -69,14 +70,17 @@ def mark_drained_if_empty(agent: Agent, version_id: int, now: datetime | None = 
             pk=version_id, drained_at__isnull=True, first_routed_at__isnull=False
         ).update(drained_at=now)
         if updated:
-            record(
+            version = Version.objects.get(pk=version_id)
+            entry = record(
                 "version.drained",
-                Version.objects.get(pk=version_id),
+                version,
                 actor=SYSTEM,
                 agent=agent,
                 reason="no live sessions left and no weight: infrastructure can scale down",
                 after={"drained_at": now.isoformat()},
             )
+            data = events.version_ref(version, drained_at=now.isoformat())
+            events.emit("version.drained", agent=agent, subject=version, data=data, audit=entry)
     return bool(updated)
 
 
@@ -193,7 +197,9 @@ def force_version(
     if terminate:
         after["terminate"] = True
     version = Version.objects.get(pk=version_id)
-    record(action, version, actor=actor, agent=agent, reason=reason, after=after)
+    entry = record(action, version, actor=actor, agent=agent, reason=reason, after=after)
+    data = events.version_ref(version, reason=reason, action=action, **after)
+    events.emit("version.force_drained", agent=agent, subject=version, data=data, audit=entry)
     return told
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+import events
 from rollouts import evaluation
 from rollouts.drain import apply_live_version_cap, force_version, live_counts
 from rollouts.models import (
@@ -143,6 +144,10 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
     gaining = [vid for vid in weights if vid not in old]
     if losing:
         live = live_counts(routing.agent_id, losing)
+        agent = Agent.objects.get(pk=routing.agent_id)
+        for version in Version.objects.filter(pk__in=losing).order_by("pk"):
+            data = events.version_ref(version, live_sessions=live.get(version.pk, 0))
+            events.emit("version.draining", agent=agent, subject=version, data=data)
         for vid in losing:
             Lifecycle.objects.update_or_create(
                 version_id=vid,
@@ -273,6 +278,55 @@ def set_stable(agent: Agent, version: Version, *, actor: Any, reason: str = "") 
 # --- rollouts -------------------------------------------------------------------------
 
 
+def _version_ref(version: Version) -> dict[str, Any]:
+    return {"id": version.pk, "label": version.label, "fingerprint": version.fingerprint}
+
+
+# What a rollout action (RolloutEvent.action) tells webhooks; advancing past the last
+# stage is a promotion.
+ANNOUNCED = {
+    "start": "rollout.started",
+    "supersede": "rollout.superseded",
+    "pause": "rollout.paused",
+    "resume": "rollout.resumed",
+    "advance": "rollout.advanced",
+    "auto_advance": "rollout.advanced",
+    "halt": "rollout.halted",
+    "rollback": "rollout.rolled_back",
+    "auto_rollback": "rollout.rolled_back",
+}
+
+
+def _announce(
+    rollout: Rollout,
+    action: str,
+    *,
+    actor: Any,
+    audit: Any,
+    reason: str = "",
+    evaluation: dict | None = None,
+) -> None:
+    """The event of a transition, in its transaction, beside its audit entry."""
+    kind = ANNOUNCED[action]
+    if kind == "rollout.advanced" and rollout.state == RolloutState.PROMOTED:
+        kind = "rollout.promoted"
+    data = {
+        "rollout": rollout.pk,
+        "state": rollout.state,
+        "stage": rollout.stage,
+        "percent": rollout.stages[rollout.stage]["percent"],
+        "candidate": _version_ref(rollout.candidate),
+        "baseline": _version_ref(rollout.baseline),
+        "actor": _actor_name(actor),
+        "reason": reason,
+    }
+    if evaluation is not None:
+        data["evaluation"] = evaluation
+    events.emit(kind, agent=rollout.agent, subject=rollout, data=data, audit=audit)
+    if kind == "rollout.started" and rollout.state == RolloutState.PROMOTED:
+        events.emit("rollout.promoted", agent=rollout.agent, subject=rollout, data=data)
+
+
 def _event(
     rollout: Rollout,
     *,
@@ -371,7 +425,7 @@ def start_rollout(
                 from_stage=open_rollout.stage,
                 reason=reason or "superseded by a new rollout",
             )
-            record(
+            entry = record(
                 "rollout.superseded",
                 open_rollout,
                 actor=actor,
@@ -379,6 +433,7 @@ def start_rollout(
                 before={"state": from_state},
                 after={"state": open_rollout.state},
             )
+            _announce(open_rollout, "supersede", actor=actor, audit=entry, reason=reason)
         diff = diff_versions(baseline, candidate)
         warnings = []
         if len(stages) == 1 and diff["rainbow_required"]:
@@ -407,7 +462,7 @@ def start_rollout(
         _log_change(
             routing, change, actor=actor, action="rollout.started", now=now, rollout=rollout
         )
-        record(
+        entry = record(
             "rollout.started",
             rollout,
             actor=actor,
@@ -428,6 +483,7 @@ def start_rollout(
                 "warnings": warnings,
             },
         )
+        _announce(rollout, "start", actor=actor, audit=entry, reason=reason)
     return rollout
 
 
@@ -609,7 +665,7 @@ def transition(
         _log_change(
             routing, change, actor=actor, action=f"rollout.{action}", now=now, rollout=rollout
         )
-        record(
+        entry = record(
             f"rollout.{action}",
             rollout,
             actor=actor,
@@ -626,6 +682,7 @@ def transition(
                 **({"evaluation": evaluation} if evaluation else {}),
             },
         )
+        _announce(rollout, action, actor=actor, audit=entry, reason=reason)
     return rollout
 
 
@@ -706,7 +763,7 @@ def evaluate(
         _log_change(
             routing, change, actor=actor, action=f"rollout.{action}", now=now, rollout=rollout
         )
-        record(
+        entry = record(
             f"rollout.{action}",
             rollout,
             actor=actor,
@@ -719,6 +776,20 @@ def evaluate(
                 "evaluation": report,
             },
         )
+        _announce(
+            rollout, action, actor=actor, audit=entry, reason=assessment.reason, evaluation=report
+        )
+        if report.get("srm", {}).get("verdict") == "mismatch":
+            # Once per rollout and stage: a resumed stage that mismatches again is no news.
+            srm = {"rollout": rollout.pk, "stage": from_stage, **report["srm"]}
+            srm["percent"] = rollout.stages[from_stage]["percent"]
+            events.emit(
+                "rollout.sample_ratio_mismatch",
+                agent=rollout.agent,
+                subject=rollout,
+                data=srm,
+                once=f"srm:{rollout.pk}:{from_stage}",
+            )
         Evaluation.objects.filter(pk=looked.pk).update(applied=True)
     return rollout
 

@@ -35,17 +35,17 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from controlplane import health
 from controlplane.models import BeatTick
+from events.stats import delivery_counts
 from metrics.gates import FAIL, INCONCLUSIVE, PASS
 from metrics.judge import MISMATCH, NOT_REPORTED
 
-# The fleet's read model (its version states). Imported in this one place, so that
-# moving it to another module means changing this line only.
-from rollouts import drain as fleet_model  # the fleet's states and rules, not its reads
+# The fleet's states and rules (not its reads), imported in this one place.
+from rollouts import drain as fleet_model
 from rollouts.models import Lifecycle, Rollout, RolloutState, Session, SessionState
 from versions.models import Agent, Version
 
@@ -65,9 +65,32 @@ FULL_WEIGHT = 10000  # basis points
 # --- the fleet, read at scrape time ---------------------------------------------------
 
 
+def _webhook_families() -> Iterator[Metric]:
+    """Webhook deliveries by agent and event type: the ended ones as counters (kept by
+    the transaction that ended each, so they never go down), the ones in flight as a
+    gauge."""
+    ended = CounterMetricFamily(
+        "prism_webhook_deliveries",
+        "Webhook deliveries that ended, by outcome (delivered, or failed after the last attempt).",
+        labels=["agent", "event", "outcome"],
+    )
+    pending = GaugeMetricFamily(
+        "prism_webhook_deliveries_pending",
+        "Webhook deliveries not yet delivered and still to be attempted.",
+        labels=["agent", "event"],
+    )
+    for (slug, event_type, status), n in sorted(delivery_counts().items()):
+        if status == "pending":
+            pending.add_metric([slug, event_type], n)
+        else:
+            ended.add_metric([slug, event_type, status], n)
+    yield from (ended, pending)
+
+
 class FleetCollector:
     """Scrape-time series of every agent, read in a fixed number of queries (five with
-    any agent), whatever the number of agents, versions or sessions:
+    any agent, and two for webhook deliveries), whatever the number of agents, versions
+    or sessions:
 
     1. the agents with their routing weights and their latest rollout's id;
     2. live sessions per (agent, version), from the live index only;
@@ -179,6 +202,7 @@ class FleetCollector:
             "Seconds since the beat's last tick (+Inf if it never ticked).",
             value=lag,
         )
+        yield from _webhook_families()
 
     def _agents(self) -> list[dict[str, Any]]:
         latest = Rollout.objects.filter(agent=OuterRef("pk")).order_by("-id").values("pk")[:1]

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+import events
 from metrics.models import MetricSource, SourceKind
 from metrics.sources import http_json, prometheus
 from metrics.sources.base import MAX_ERROR_CHARS, ConfigError, SourceError, validate_url
@@ -113,19 +114,33 @@ def poll(source_id: int, now: datetime | None = None) -> str:
         KINDS[source.kind].poll(source, now, deadline=source.poll_lease_until - LEASE_MARGIN)
     except SourceError as exc:
         message = str(exc)[:MAX_ERROR_CHARS]
-        done.update(
-            poll_lease_until=None,
-            last_error=message,
-            last_error_at=now,
-            consecutive_errors=F("consecutive_errors") + 1,
-            error_count=F("error_count") + 1,
-        )
+        with transaction.atomic():
+            failed = {"poll_lease_until": None, "last_error": message, "last_error_at": now}
+            # The first failure after a success starts an episode: that one is announced.
+            started = done.filter(consecutive_errors=0).update(
+                **failed, consecutive_errors=1, error_count=F("error_count") + 1
+            )
+            if not started:
+                done.update(
+                    **failed,
+                    consecutive_errors=F("consecutive_errors") + 1,
+                    error_count=F("error_count") + 1,
+                )
+            else:
+                data = {"source": source.pk, "kind": source.kind, "error": message}
+                events.emit("metric_source.failing", agent=source.agent, subject=source, data=data)
         log.warning("metric source %s failed: %s", source.pk, message)
         return "error"
     except BaseException:
         done.update(poll_lease_until=None)
         raise
-    done.update(poll_lease_until=None, last_success_at=now, consecutive_errors=0)
+    with transaction.atomic():
+        failed_polls = done.select_for_update().values_list("consecutive_errors", flat=True)
+        failed_polls = failed_polls.first() or 0
+        done.update(poll_lease_until=None, last_success_at=now, consecutive_errors=0)
+        if failed_polls:
+            data = {"source": source.pk, "kind": source.kind, "failed_polls": failed_polls}
+            events.emit("metric_source.recovered", agent=source.agent, subject=source, data=data)
     return "ok"
 
 

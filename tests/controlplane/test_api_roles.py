@@ -3,7 +3,8 @@
 To cover a new endpoint, append rows to ``MATRIX``: one ``(method, url template, body,
 {role: status})`` per verb. URL templates use the URL conf's own parameter names
 (``{slug}``, ``{pk}``, ``{session_id}``) plus ``{other}``; ``fill`` takes the values from
-the ``world`` fixture (``{pk}`` is the rollout under ``/api/rollouts/``, else a version),
+the ``world`` fixture (``{pk}`` is the rollout under ``/api/rollouts/``, the webhook and
+the delivery under theirs, else a version),
 so an endpoint needing a new object adds it there. A body may be a function of the world,
 for ids. Then add the view's module to ``COVERED_MODULES`` so the coverage check holds
 the new routes to the table.
@@ -46,7 +47,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+import events
 from controlplane.models import ApiToken, Profile, Role
+from events.models import Delivery, Webhook
 from metrics.models import Outcome
 from rollouts import engine, sessions
 from rollouts.models import Lifecycle, Rollout, RolloutEvent, Routing, Session
@@ -134,6 +137,7 @@ NEW_TUPLE = tuple_with(code={"ref": "git:feedface"})
 SLUG = "matrix"
 ELSEWHERE = "elsewhere"  # the other agent, which the "-out" tokens are scoped to
 SESSION = "matrix-session-1"
+PUBLIC_HOOK = "https://93.184.215.14/prism"  # an address literal: no DNS in the tests
 # Stage 0 holds for an hour: evaluating it changes nothing but the evaluation itself.
 STAGES = [{"percent": 10, "min_duration_s": 3600}, {"percent": 50}, {"percent": 100}]
 
@@ -203,6 +207,23 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     *harness_posts("/api/agents/{slug}/sessions/{session_id}/heartbeat/", {}),
     *harness_posts("/api/agents/{slug}/sessions/{session_id}/end/", {"outcome": {"success": True}}),
     *harness_posts("/api/agents/{slug}/sessions/{session_id}/feedback/", {"feedback": 0.5}),
+    # webhooks: release managers configure and re-send, viewers read (never a secret)
+    ("GET", "/api/agents/{slug}/webhooks/", None, NO_HARNESS_READS),
+    ("HEAD", "/api/agents/{slug}/webhooks/", None, NO_HARNESS_READS),
+    ("OPTIONS", "/api/agents/{slug}/webhooks/", None, NO_HARNESS_READS),
+    ("POST", "/api/agents/{slug}/webhooks/", {"url": PUBLIC_HOOK}, roles(403, 403, 201)),
+    ("PUT", "/api/agents/{slug}/webhooks/", {"url": PUBLIC_HOOK}, MANAGER_ONLY),
+    ("PATCH", "/api/agents/{slug}/webhooks/", {"url": PUBLIC_HOOK}, MANAGER_ONLY),
+    ("DELETE", "/api/agents/{slug}/webhooks/", None, MANAGER_ONLY),
+    ("GET", "/api/webhooks/{pk}/", None, NO_HARNESS_READS),
+    ("HEAD", "/api/webhooks/{pk}/", None, NO_HARNESS_READS),
+    ("OPTIONS", "/api/webhooks/{pk}/", None, NO_HARNESS_READS),
+    ("POST", "/api/webhooks/{pk}/", {"active": False}, MANAGER_ONLY),
+    ("PUT", "/api/webhooks/{pk}/", {"url": PUBLIC_HOOK}, MANAGER_ONLY),
+    ("PATCH", "/api/webhooks/{pk}/", {"active": False}, roles(403, 403, 200)),
+    ("DELETE", "/api/webhooks/{pk}/", None, roles(403, 403, 204)),
+    *read_only("/api/webhooks/{pk}/deliveries/", NO_HARNESS_READS),
+    *manager_posts("/api/deliveries/{pk}/redeliver/", {}),  # the world's delivery failed
     # the schema and its docs are public, and read-only for everybody
     ("GET", "/api/schema/", None, everyone(200)),
     ("HEAD", "/api/schema/", None, everyone(200)),
@@ -221,7 +242,13 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
 ]
 
 # Modules whose routes must all appear in MATRIX (see test_every_route_is_in_the_matrix).
-COVERED_MODULES = ("versions.api", "rollouts.api", "controlplane.schema", "drf_spectacular.views")
+COVERED_MODULES = (
+    "versions.api",
+    "rollouts.api",
+    "events.api",
+    "controlplane.schema",
+    "drf_spectacular.views",
+)
 
 
 def _pause(world: dict[str, Any]) -> None:
@@ -308,6 +335,10 @@ def world(django_db_setup, django_db_blocker):
         )
         sessions.assign(SLUG, SESSION)
         elsewhere = Agent.objects.create(slug=ELSEWHERE, name="Another team's agent")
+        webhook = Webhook.objects.create(agent=agent, url=PUBLIC_HOOK)
+        event = events.emit("version.drained", agent=agent, subject=v1)
+        delivery = Delivery.objects.get(event=event, webhook=webhook)
+        Delivery.objects.filter(pk=delivery.pk).update(status="failed", attempts=8)
         keys = {}
         for role in (VIEWER, HARNESS, MANAGER, OUTSIDER):
             user = get_user_model().objects.create_user(username=f"matrix-{role}")
@@ -321,6 +352,8 @@ def world(django_db_setup, django_db_blocker):
             "rollout": rollout,
             "keys": keys,
             "elsewhere": elsewhere,
+            "webhook": webhook,
+            "delivery": delivery,
         }
         transaction.set_rollback(True)
 
@@ -348,7 +381,14 @@ def client_as(world: dict[str, Any], role: str) -> APIClient:
 
 
 def fill(url: str, world: dict[str, Any]) -> str:
-    subject = world["rollout"] if url.startswith("/api/rollouts/") else world["version"]
+    subject = world["version"]
+    for prefix, name in (
+        ("rollouts", "rollout"),
+        ("webhooks", "webhook"),
+        ("deliveries", "delivery"),
+    ):
+        if url.startswith(f"/api/{prefix}/"):
+            subject = world[name]
     return url.format(
         slug=world["agent"].slug, pk=subject.pk, other=world["other"].pk, session_id=SESSION
     )
@@ -366,6 +406,8 @@ def state() -> tuple:
         RolloutEvent.objects.count(),
         list(Session.objects.values().order_by("pk")),
         list(Outcome.objects.values().order_by("pk")),
+        list(Webhook.objects.values().order_by("pk")),
+        list(Delivery.objects.values().order_by("pk")),
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from controlplane import health
+from events.models import Delivery
 from rollouts.models import Session
 from tests.conftest import tuple_with
 
@@ -100,6 +101,12 @@ def exchanges(agent, make_version, release_manager, harness, viewer):
     call(viewer, "get", "/api/agents/", agents)
     call(viewer, "get", "/api/agents/{slug}/", one)
     call(release_manager, "patch", "/api/agents/{slug}/", one, {"name": "Research"})
+    hooks = f"{one}webhooks/"
+    hook = {"url": "https://93.184.215.14/prism", "events": [], "description": "chat"}
+    webhook = call(release_manager, "post", "/api/agents/{slug}/webhooks/", hooks, hook)
+    call(viewer, "get", "/api/agents/{slug}/webhooks/", hooks)
+    hook_url = f"/api/webhooks/{webhook['id']}/"
+    call(viewer, "get", "/api/webhooks/{id}/", hook_url)
 
     versions = f"{one}versions/"
     v1 = call(release_manager, "post", "/api/agents/{slug}/versions/", versions, tuple_with())
@@ -200,7 +207,16 @@ def exchanges(agent, make_version, release_manager, harness, viewer):
     for action in ("evaluate", "pause", "resume", "advance", "rollback"):
         call(release_manager, "post", f"/api/rollouts/{{id}}/{action}/", f"{detail}{action}/", {})
     call(release_manager, "post", "/api/agents/{slug}/rollback/", f"{one}rollback/", {})
+    call(release_manager, "patch", "/api/webhooks/{id}/", hook_url, {"events": ["version.drained"]})
+    deliveries = call(viewer, "get", "/api/webhooks/{id}/deliveries/", f"{hook_url}deliveries/")
+    failed = deliveries["results"][0]["id"]
+    Delivery.objects.filter(pk=failed).update(status="failed", attempts=8, last_status_code=500)
+    redeliver = "/api/deliveries/{id}/redeliver/"
+    call(release_manager, "post", redeliver, f"/api/deliveries/{failed}/redeliver/", {})
     call(viewer, "get", "/api/audit/", f"/api/audit/?agent={SLUG}")
+    response = release_manager.delete(hook_url)
+    assert response.status_code == 204
+    seen.append(("/api/webhooks/{id}/", "delete", response))
     response = release_manager.delete(source_url)
     assert response.status_code == 204
     seen.append(("/api/sources/{id}/", "delete", response))

@@ -8,13 +8,15 @@ import math
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+import events
 from controlplane.health import record_tick
+from events.models import Delivery, DeliveryCount, Webhook
 from rollouts import engine, exposition, sessions
 from rollouts.models import Rollout
 from tests.rollouts.conftest import set_weights, start_rollout
@@ -412,7 +414,7 @@ def test_a_scrape_costs_the_same_queries_with_2_or_20_versions(client, db, make_
     found = scrape(client)
     large = scrape_queries(client)
 
-    assert len(small) == len(large) == 5
+    assert len(small) == len(large) == 7  # five for the fleet, two for the webhooks
     assert len(of(found, "prism_live_sessions", agent="large")) == 20
     assert value(found, "prism_live_sessions", agent="large", version=str(
         Version.objects.filter(agent__slug="large").order_by("pk").last().pk
@@ -422,3 +424,22 @@ def test_a_scrape_costs_the_same_queries_with_2_or_20_versions(client, db, make_
     # Leads with the agent and reads live rows only: the live partial index.
     assert '"rollouts_session"."agent_id" IN' in on_sessions[0]
     assert """"rollouts_session"."state" = 'live'""" in on_sessions[0]
+
+
+def test_it_reports_webhook_deliveries_ended_and_in_flight(client, db, agent, v1):
+    Webhook.objects.create(agent=agent, url="https://hooks.example.com/prism")
+    with transaction.atomic():
+        events.emit("version.drained", agent=agent, subject=v1, data={})
+    DeliveryCount.objects.create(
+        agent=agent, event_type="rollout.halted", status="delivered", count=3
+    )
+    DeliveryCount.objects.create(agent=agent, event_type="rollout.halted", status="failed", count=1)
+
+    found = scrape(client)
+
+    assert Delivery.objects.filter(status="pending").count() == 1
+    halted = {"agent": agent.slug, "event": "rollout.halted"}
+    assert value(found, "prism_webhook_deliveries_total", outcome="delivered", **halted) == 3
+    assert value(found, "prism_webhook_deliveries_total", outcome="failed", **halted) == 1
+    drained = {"agent": agent.slug, "event": "version.drained"}
+    assert value(found, "prism_webhook_deliveries_pending", **drained) == 1
