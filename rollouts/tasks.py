@@ -22,16 +22,31 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True)
-def enforce_drain_policies() -> dict[str, dict]:
+def enforce_drain_policies() -> int:
+    """Fan out: one policy pass per agent (``enforce_agent_drain_policies``), so a tick
+    costs what the busiest agent costs rather than the sum of all of them, and one slow
+    agent delays no other. Each task expires with the tick: a backlog never replays
+    stale passes, and the next tick's pass covers what a dropped one would have done.
+    Returns how many agents it fanned out to."""
+    expires = float(settings.PRISM_BEAT_SECONDS)
+    agent_ids = list(Agent.objects.order_by("pk").values_list("pk", flat=True))
+    for agent_id in agent_ids:
+        enforce_agent_drain_policies.apply_async((agent_id,), expires=expires)
+    return len(agent_ids)
+
+
+@shared_task(ignore_result=True)
+def enforce_agent_drain_policies(agent_id: int) -> dict:
     """Idle sessions to abandoned, overdue drains to expired, the live-version cap, and
-    drained versions noticed, for every agent."""
-    report = {}
-    for agent in Agent.objects.all():
-        outcome = drain.enforce_policies(agent)
-        if any(outcome.values()):
-            log.info("drain policies for %s: %s", agent.slug, outcome)
-        report[agent.slug] = outcome
-    return report
+    drained versions noticed, for one agent. Idempotent: every step is a conditional
+    write, so a duplicate or overlapping pass changes nothing twice."""
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is None:
+        return {}  # deleted since the tick
+    outcome = drain.enforce_policies(agent)
+    if any(outcome.values()):
+        log.info("drain policies for %s: %s", agent.slug, outcome)
+    return outcome
 
 
 @shared_task(ignore_result=True)
