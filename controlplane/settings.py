@@ -44,6 +44,13 @@ def envint(name: str, default: str) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
 
 
+def envcount(name: str, default: str, *, minimum: int = 0) -> int:
+    value = envint(name, default)
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -368,6 +375,20 @@ PRISM_GATE_ALPHA = 0.05
 PRISM_PIN_SETTLE_S = envint("PRISM_PIN_SETTLE_S", "10")
 # What metrics reads sessions through (metrics.feed): rollouts sits above metrics.
 PRISM_SESSION_FEED = "rollouts.feed"
+
+
+# Retention (rollouts.retention): ended sessions with their outcomes, the looks at
+# closed rollouts, and fleet snapshots older than this many days are deleted by the
+# beat; 0 keeps them forever. Rollups, the routing log and the audit trail are kept.
+PRISM_RETAIN_SESSIONS_DAYS = envcount("PRISM_RETAIN_SESSIONS_DAYS", "90")
+PRISM_RETAIN_EVALUATIONS_DAYS = envcount("PRISM_RETAIN_EVALUATIONS_DAYS", "90")
+PRISM_RETAIN_SNAPSHOTS_DAYS = envcount("PRISM_RETAIN_SNAPSHOTS_DAYS", "90")
+# How often it runs, and at most how much it deletes per agent and kind in one run:
+# PRISM_RETENTION_BATCHES statements of PRISM_RETENTION_BATCH rows, each its own
+# short transaction.
+PRISM_RETENTION_SECONDS = envcount("PRISM_RETENTION_SECONDS", "60", minimum=1)
+PRISM_RETENTION_BATCH = envcount("PRISM_RETENTION_BATCH", "5000", minimum=1)
+PRISM_RETENTION_BATCHES = envcount("PRISM_RETENTION_BATCHES", "4", minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "enforce-drain-policies": {
         "task": "rollouts.tasks.enforce_drain_policies",
@@ -393,6 +414,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metrics.tasks.count_assignments",
         "schedule": float(PRISM_BEAT_SECONDS),
         "options": {"expires": float(PRISM_BEAT_SECONDS)},
+    },
+    "apply-retention": {
+        "task": "rollouts.tasks.apply_retention",
+        "schedule": float(PRISM_RETENTION_SECONDS),
+        "options": {"expires": float(PRISM_RETENTION_SECONDS)},
     },
     "poll-metric-sources": {
         "task": "metrics.tasks.poll_sources",

@@ -13,7 +13,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 
 from controlplane import taskruns
 from controlplane.models import TaskRun
-from rollouts import drain, engine, snapshots
+from rollouts import drain, engine, retention, snapshots
 from rollouts.models import Rollout, RolloutState
 from versions.audit import SYSTEM
 from versions.models import Agent
@@ -47,6 +47,30 @@ def enforce_agent_drain_policies(agent_id: int) -> dict:
     if any(outcome.values()):
         log.info("drain policies for %s: %s", agent.slug, outcome)
     return outcome
+
+
+@shared_task(ignore_result=True)
+def apply_retention() -> int:
+    """Fan out: one retention run per agent (``apply_agent_retention``), expiring with
+    the run's interval. Returns how many agents it fanned out to."""
+    expires = float(settings.PRISM_RETENTION_SECONDS)
+    agent_ids = list(Agent.objects.order_by("pk").values_list("pk", flat=True))
+    for agent_id in agent_ids:
+        apply_agent_retention.apply_async((agent_id,), expires=expires)
+    return len(agent_ids)
+
+
+@shared_task(ignore_result=True)
+def apply_agent_retention(agent_id: int) -> dict:
+    """Delete one agent's sessions, outcomes, evaluations and snapshots past their
+    retention, a bounded amount per run (``rollouts.retention``). Logged, not audited."""
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is None:
+        return {}
+    deleted = retention.apply(agent)
+    if any(deleted.values()):
+        log.info("retention for %s deleted %s", agent.slug, deleted)
+    return deleted
 
 
 @shared_task(ignore_result=True)

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from rollouts import engine, tasks
-from rollouts.models import RolloutEvent, Session
+from rollouts.models import FleetSnapshot, RolloutEvent, Session
 from tests.rollouts.conftest import ended_on, start_rollout, weights
 from versions.models import Agent, AuditEntry
 
@@ -193,3 +193,27 @@ def test_the_drain_tick_fans_out_one_task_per_agent_expiring_with_the_tick(
 
 def test_a_policy_pass_for_an_agent_deleted_since_the_tick_does_nothing():
     assert tasks.enforce_agent_drain_policies.apply((987654,)).get() == {}
+
+
+def test_the_retention_run_fans_out_one_task_per_agent(monkeypatch, settings):
+    settings.PRISM_RETENTION_SECONDS = 60
+    settings.PRISM_RETAIN_SNAPSHOTS_DAYS = 90
+    agents = [Agent.objects.create(slug=f"r{i}", name=f"R{i}") for i in range(2)]
+    old = timezone.now() - timedelta(days=100)
+    for agent in agents:
+        FleetSnapshot.objects.create(agent=agent, at=old)
+        FleetSnapshot.objects.create(agent=agent, at=timezone.now())
+    sent: list[tuple[tuple, dict]] = []
+    publish = tasks.apply_agent_retention.apply_async
+
+    def recording(args, **options):
+        sent.append((tuple(args), options))
+        return publish(args, **options)
+
+    monkeypatch.setattr(tasks.apply_agent_retention, "apply_async", recording)
+
+    assert tasks.apply_retention.apply().get() == 2
+    assert sorted(args for args, _ in sent) == sorted((a.pk,) for a in agents)
+    assert all(options == {"expires": 60.0} for _, options in sent)
+    assert FleetSnapshot.objects.filter(at__lt=old + timedelta(days=1)).count() == 0
+    assert FleetSnapshot.objects.count() == 2
