@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from metrics import retention as metrics_retention
 from metrics import rollups
 from metrics.models import Outcome
 from rollouts import drain, engine, retention, sessions
@@ -25,6 +26,7 @@ from rollouts.models import (
     Session,
     SessionState,
 )
+from tests.query_plans import explain
 from versions.audit import SYSTEM
 from versions.models import AuditEntry
 
@@ -242,3 +244,36 @@ def test_it_deletes_old_snapshots(agent):
     assert sorted(
         round((now - at) / DAY) for at in FleetSnapshot.objects.values_list("at", flat=True)
     ) == [1, 89]
+
+
+@pytest.mark.postgres
+def test_a_batch_reads_the_rows_it_deletes_not_the_history(agent, make_version):
+    """Through the ended-sessions index, oldest first: a batch visits about as many
+    sessions as it deletes, however much younger history lies beyond the cutoff."""
+    version = make_version(agent)
+    engine.set_stable(agent, version, actor=SYSTEM)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO rollouts_session (agent_id, session_id, version_id, state, started_at,"
+            " last_seen_at, ended_at, end_reason, epoch)"
+            " SELECT %s, 'h-' || g, %s, 'ended', now() - g * interval '1 minute',"
+            " now() - g * interval '1 minute', now() - g * interval '1 minute', '', 1"
+            " FROM generate_series(1, 30000) g",
+            [agent.pk, version.pk],
+        )
+        cursor.execute("ANALYZE rollouts_session")
+    rollups.count_assignments(settle_s=0)
+    cutoff = timezone.now() - timedelta(minutes=29_900)  # the oldest hundred
+    counted = metrics_retention.assignments_counted_through()
+    savepoint = transaction.savepoint_create()
+    reading = explain(
+        retention._DELETE_SESSIONS,
+        [agent.pk, cutoff, counted, 50, cutoff, counted],
+        table="rollouts_session",
+    )
+    transaction.savepoint_rollback(savepoint)
+    assert reading.plan["Actual Rows"] == 50
+    # Found (50), fetched by id (50) and deleted (50), of 30,000 rows.
+    assert reading.rows <= 3 * 50, reading.plan
+    # A few pages per row deleted (index descent, heap page), not a pass over the table.
+    assert reading.buffers <= 8 * 50, reading.plan
