@@ -167,7 +167,7 @@ def _end_sessions(
         if not locked:
             return 0
         rollups.sessions_ended(state, [(version, epoch, sid) for _, version, epoch, sid in locked])
-        count = Session.objects.filter(pk__in=[pk for pk, *_ in locked]).update(
+        count = Session.objects.filter(agent=agent, pk__in=[pk for pk, *_ in locked]).update(
             state=state, ended_at=now, end_reason=end_reason
         )
         record(

@@ -544,7 +544,8 @@ def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, b
             session.version_id, session.epoch, session.session_id, session.state, outcome
         )
         if session.state in (SessionState.LIVE, SessionState.ABANDONED):
-            Session.objects.filter(pk=session.pk).update(
+            # With the agent, so a database distributed by agent routes it to one node.
+            Session.objects.filter(pk=session.pk, agent_id=session.agent_id).update(
                 state=SessionState.ENDED, ended_at=now, end_reason="ended by harness"
             )
             session.state, session.ended_at = SessionState.ENDED, now
