@@ -401,11 +401,12 @@ def revive(agent: Agent, version_id: int, now: datetime) -> Lifecycle | None:
 
     Callers detect this from the lifecycle they read anyway (no lifecycle, or
     ``drained_at`` set), so it runs once per revival, not at every heartbeat."""
+    # Counted before the lock: it only sizes the drain progress's denominator.
+    live = live_counts(agent, [version_id]).get(version_id, 0)
     with transaction.atomic():
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None or routing.weight_of(version_id) > 0:
             return None
-        live = live_counts(agent, [version_id]).get(version_id, 0)
         lifecycle, created = Lifecycle.objects.get_or_create(
             version_id=version_id,
             defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live},
