@@ -57,6 +57,13 @@ def envfloat(name: str, default: str) -> float:
     return number
 
 
+def envcount(name: str, default: str, *, minimum: int = 0) -> int:
+    value = envint(name, default)
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -423,6 +430,20 @@ if PRISM_WEBHOOK_TIMEOUT_S <= 0 or PRISM_WEBHOOK_MAX_ATTEMPTS < 1:
     raise ImproperlyConfigured(
         "PRISM_WEBHOOK_TIMEOUT_S must be above 0 and PRISM_WEBHOOK_MAX_ATTEMPTS at least 1"
     )
+
+
+# Retention (rollouts.retention): ended sessions with their outcomes, the looks at
+# closed rollouts, and fleet snapshots older than this many days are deleted by the
+# beat; 0 keeps them forever. Rollups, the routing log and the audit trail are kept.
+PRISM_RETAIN_SESSIONS_DAYS = envcount("PRISM_RETAIN_SESSIONS_DAYS", "90")
+PRISM_RETAIN_EVALUATIONS_DAYS = envcount("PRISM_RETAIN_EVALUATIONS_DAYS", "90")
+PRISM_RETAIN_SNAPSHOTS_DAYS = envcount("PRISM_RETAIN_SNAPSHOTS_DAYS", "90")
+# How often it runs, and at most how much it deletes per agent and kind in one run:
+# PRISM_RETENTION_BATCHES statements of PRISM_RETENTION_BATCH rows, each its own
+# short transaction.
+PRISM_RETENTION_SECONDS = envcount("PRISM_RETENTION_SECONDS", "60", minimum=1)
+PRISM_RETENTION_BATCH = envcount("PRISM_RETENTION_BATCH", "5000", minimum=1)
+PRISM_RETENTION_BATCHES = envcount("PRISM_RETENTION_BATCHES", "4", minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "sweep-webhook-deliveries": {
         "task": "events.tasks.sweep_deliveries",
@@ -458,6 +479,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "rollouts.tasks.estimate_survival",
         "schedule": float(PRISM_SURVIVAL_SECONDS),
         "options": {"expires": float(PRISM_SURVIVAL_SECONDS)},
+    },
+    "apply-retention": {
+        "task": "rollouts.tasks.apply_retention",
+        "schedule": float(PRISM_RETENTION_SECONDS),
+        "options": {"expires": float(PRISM_RETENTION_SECONDS)},
     },
     "poll-metric-sources": {
         "task": "metrics.tasks.poll_sources",

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Count, Q
+from django.db import connection, transaction
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 import events
@@ -19,6 +19,12 @@ from versions.audit import SYSTEM, record
 from versions.models import Agent, Version
 
 INACTIVE, ACTIVE, DRAINING, DRAINED = "inactive", "active", "draining", "drained"
+
+#: How far ahead of the server's clock a reported pin's ``started_at`` may lie (a
+#: harness's clock may run a little fast); the sweeps' bounds on ``started_at`` allow it.
+REPORTED_START_SKEW = timedelta(minutes=5)
+#: Sessions ended per statement by a sweep; the next pass takes the rest.
+SWEEP_BATCH = 5000
 
 
 def version_state(weight: int, live: int, lifecycle: Lifecycle | None) -> str:
@@ -54,21 +60,66 @@ def live_counts(agent: Agent | int, version_ids: list[int] | None = None) -> dic
     return dict(sessions.values_list("version_id").annotate(n=Count("*")).order_by())
 
 
+# The versions with a live session, found by skipping through the live index: each step
+# is one descent to the next version id, so the cost is the number of live versions,
+# however many live sessions each one has (a count would visit every one of them).
+_LIVE_VERSIONS = """
+WITH RECURSIVE live(version_id) AS (
+    SELECT (SELECT MIN(version_id) FROM rollouts_session
+            WHERE agent_id = %s AND state = 'live')
+    UNION ALL
+    SELECT (SELECT MIN(s.version_id) FROM rollouts_session s
+            WHERE s.agent_id = %s AND s.state = 'live' AND s.version_id > live.version_id)
+    FROM live WHERE live.version_id IS NOT NULL
+)
+SELECT version_id FROM live WHERE version_id IS NOT NULL
+"""
+
+
+def live_versions(agent: Agent | int) -> set[int]:
+    """The ids of the agent's versions that have at least one live session."""
+    agent_id = agent.pk if isinstance(agent, Agent) else agent
+    with connection.cursor() as cursor:
+        cursor.execute(_LIVE_VERSIONS, [agent_id, agent_id])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def has_live_sessions(agent: Agent | int, version_id: int) -> bool:
+    """Whether a version has a live session: one probe of the live index."""
+    return Session.objects.filter(
+        agent=agent, version_id=version_id, state=SessionState.LIVE
+    ).exists()
+
+
 def mark_drained_if_empty(agent: Agent, version_id: int, now: datetime | None = None) -> bool:
     """Record that a weightless version has no live sessions left, once, with an event
-    that its infrastructure can be scaled down."""
+    that its infrastructure can be scaled down.
+
+    Every end on a draining version asks this, so the routing row is locked only when
+    the version may just have become empty:
+
+    1. Without any lock: if the version is marked drained already, or was never routed,
+       or still has a live session (one probe of the live index), there is nothing to
+       do. This is the answer for every end but the last few.
+    2. Otherwise lock the agent's routing row (a routing change giving the version
+       weight, or a reported pin reviving it, waits or is waited for) and check again:
+       no weight, no live session.
+    3. Set ``drained_at`` by a conditional update, so of concurrent last ends exactly
+       one marks it and audits it.
+    """
     now = now or timezone.now()
+    pending = Lifecycle.objects.filter(
+        pk=version_id, drained_at__isnull=True, first_routed_at__isnull=False
+    )
+    if not pending.exists() or has_live_sessions(agent, version_id):
+        return False
     with transaction.atomic():
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None or routing.weight_of(version_id) > 0:
             return False
-        if Session.objects.filter(
-            agent=agent, version_id=version_id, state=SessionState.LIVE
-        ).exists():
+        if has_live_sessions(agent, version_id):
             return False
-        updated = Lifecycle.objects.filter(
-            pk=version_id, drained_at__isnull=True, first_routed_at__isnull=False
-        ).update(drained_at=now)
+        updated = pending.update(drained_at=now)
         if updated:
             version = Version.objects.get(pk=version_id)
             entry = record(
@@ -91,6 +142,7 @@ def _end_sessions(
     agent: Agent,
     now: datetime,
     *,
+    candidates: Iterable[QuerySet],
     condition: Q,
     state: str,
     end_reason: str,
@@ -100,25 +152,32 @@ def _end_sessions(
     """End a batch of live sessions matching ``condition`` with ``state``, and audit it
     once with the session ids.
 
-    1. Find candidates, then lock them with the condition checked again: a concurrent
-       sweep (two workers running the same tick) that got there first leaves nothing
-       here, and then nothing is written or audited.
-    2. Feed the rollups, end them and audit exactly the sessions that were locked.
+    1. Find candidates with the given queries, each bounded by an index so that it
+       reads what it may end and little else.
+    2. Lock them with the condition checked again: a concurrent sweep (two workers
+       running the same tick) that got there first leaves nothing here, and then
+       nothing is written or audited.
+    3. Feed the rollups, end them and audit exactly the sessions that were locked.
+
+    The versions they leave empty are noticed by the same pass's ``sweep_drained``.
     """
+    found: list[int] = []
+    for query in candidates:
+        found.extend(query.values_list("pk", flat=True)[: SWEEP_BATCH - len(found)])
+        if len(found) >= SWEEP_BATCH:
+            break
+    if not found:
+        return 0
     with transaction.atomic():
-        live = Session.objects.filter(condition, agent=agent, state=SessionState.LIVE)
-        candidates = list(live.values_list("pk", flat=True)[:5000])
-        if not candidates:
-            return 0
         locked = list(
-            live.filter(pk__in=candidates)
+            Session.objects.filter(condition, pk__in=found, agent=agent, state=SessionState.LIVE)
             .select_for_update()
             .values_list("pk", "version_id", "epoch", "session_id")
         )
         if not locked:
             return 0
         rollups.sessions_ended(state, [(version, epoch, sid) for _, version, epoch, sid in locked])
-        count = Session.objects.filter(pk__in=[pk for pk, *_ in locked]).update(
+        count = Session.objects.filter(agent=agent, pk__in=[pk for pk, *_ in locked]).update(
             state=state, ended_at=now, end_reason=end_reason
         )
         record(
@@ -131,12 +190,26 @@ def _end_sessions(
     return count
 
 
+def _live(agent: Agent) -> QuerySet:
+    return Session.objects.filter(agent=agent, state=SessionState.LIVE)
+
+
 def abandon_idle(agent: Agent, now: datetime) -> int:
+    """Live sessions with no heartbeat for ``idle_timeout_s`` are abandoned.
+
+    ``last_seen_at`` is deliberately in no index: every heartbeat writes it, and an
+    indexed column would turn each of those writes into a non-HOT update that rewrites
+    every index entry of the row. So this reads the agent's live sessions, through the
+    live index, and only those that started before the cutoff (a session cannot have
+    been seen before it started), whose rows it then visits: O(live), never the history.
+    """
     cutoff = now - timedelta(seconds=agent.idle_timeout_s)
+    idle = Q(last_seen_at__lt=cutoff)
     return _end_sessions(
         agent,
         now,
-        condition=Q(last_seen_at__lt=cutoff),
+        candidates=[_live(agent).filter(idle, started_at__lt=cutoff + REPORTED_START_SKEW)],
+        condition=idle,
         state=SessionState.ABANDONED,
         end_reason=f"no heartbeat for {agent.idle_timeout_s}s",
         action="sessions.abandoned",
@@ -146,12 +219,49 @@ def abandon_idle(agent: Agent, now: datetime) -> int:
 
 def expire_overdue(agent: Agent, now: datetime) -> int:
     """Sessions told to drain whose grace ran out are expired even if they never call
-    again, so evacuations and forced drains finish on time."""
-    cutoff = now - timedelta(seconds=agent.drain_grace_s)
+    again, so evacuations and forced drains finish on time.
+
+    ``drain_at`` is in no index either (setting it would cost a non-HOT update), yet
+    this reads only sessions that can be overdue, through the live index, because a
+    session is told to drain for one of two reasons, each with a deadline known ahead:
+
+    1. Its age: it was told at ``started_at + max_session_age_s`` or later, so it is
+       overdue only if it started before ``now - grace - max_session_age_s``: a range
+       scan of ``started_at`` per live version.
+    2. Its version's force-drain mark (evacuation, the live-version cap, a manual
+       drain): every session of the version was told at the mark or later, so nothing
+       of the version is overdue before ``forced_drain_at + grace``; from then on its
+       live sessions are read, and they are the ones being expired.
+
+    What this misses is caught at the session's next heartbeat, which expires it (a
+    directive reads ``drain_at`` itself), or by the idle timeout if it never calls: a
+    session told under a shorter ``max_session_age_s`` than today's is read once it is
+    old enough for the new one, and one told by a mark that was cleared since (its
+    version got weight again) is left to those two.
+    """
+    grace = timedelta(seconds=agent.drain_grace_s)
+    cutoff = now - grace
+    overdue = Q(drain_at__lte=cutoff)
+    versions = live_versions(agent)
+    if not versions:
+        return 0
+    # Told at server time, after its age passed the limit: started_at < drain_at - max.
+    aged_before = cutoff - timedelta(seconds=agent.max_session_age_s)
+    candidates = [
+        _live(agent).filter(overdue, version_id__in=sorted(versions), started_at__lt=aged_before)
+    ]
+    forced = sorted(
+        Lifecycle.objects.filter(version_id__in=versions, forced_drain_at__lte=cutoff).values_list(
+            "version_id", flat=True
+        )
+    )
+    if forced:
+        candidates.append(_live(agent).filter(overdue, version_id__in=forced))
     return _end_sessions(
         agent,
         now,
-        condition=Q(drain_at__lte=cutoff),
+        candidates=candidates,
+        condition=overdue,
         state=SessionState.EXPIRED,
         end_reason="drain grace elapsed",
         action="sessions.expired",
@@ -203,6 +313,14 @@ def force_version(
     return told
 
 
+def _cap_excess(agent: Agent, weights: dict, live: set[int]) -> tuple[int, set[int], set[int]]:
+    """(how many versions are live beyond the cap, the live versions, those with weight).
+    A version is live if it has live sessions or has weight."""
+    active = {int(v) for v, w in weights.items() if int(w) > 0}
+    counted = live | active
+    return len(counted) - agent.max_live_versions, counted, active
+
+
 def apply_live_version_cap(routing: Routing, now: datetime) -> list[int]:
     """Force-drain the oldest draining versions while more versions are live than the
     agent's ``max_live_versions``. The caller holds the routing row's lock.
@@ -211,24 +329,25 @@ def apply_live_version_cap(routing: Routing, now: datetime) -> list[int]:
     weight is counted at that routing change, before its first pin, so the hot path
     never has to count anything. Versions force-drained already count as handled.
 
-    1. Count live sessions per version (the live partial index) and add the versions
-       with weight.
+    1. Find the versions with live sessions by skipping through the live index (one
+       probe per live version, not per live session: the lock is held meanwhile) and
+       add the versions with weight.
     2. Give weightless versions that have live sessions but no lifecycle (pins that
        harnesses reported) a lifecycle, so they can be ordered and marked.
     3. Mark the oldest draining versions, by drain start, until the excess is handled.
     """
     agent = Agent.objects.get(pk=routing.agent_id)
-    live = live_counts(agent)
-    active = {int(v) for v, w in routing.weights.items() if int(w) > 0}
-    counted = set(live) | active
-    excess = len(counted) - agent.max_live_versions
+    excess, counted, active = _cap_excess(agent, routing.weights, live_versions(agent))
     if excess <= 0:
         return []
-    weightless = [vid for vid in live if vid not in active]
-    for vid in weightless:
+    weightless = sorted(counted - active)
+    known = set(Lifecycle.objects.filter(version_id__in=weightless).values_list("pk", flat=True))
+    unknown = [vid for vid in weightless if vid not in known]
+    # Counted only for these, which need live_at_drain_start: rare (reported pins).
+    for vid, live in live_counts(agent, unknown).items() if unknown else []:
         Lifecycle.objects.get_or_create(
             version_id=vid,
-            defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live[vid]},
+            defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live},
         )
     draining = sorted(
         Lifecycle.objects.filter(version_id__in=weightless),
@@ -260,7 +379,25 @@ def apply_live_version_cap(routing: Routing, now: datetime) -> list[int]:
 
 def enforce_max_live_versions(agent: Agent, now: datetime) -> list[int]:
     """The beat's pass of the live-version cap, which every routing change, policy
-    change and revived version also applies at once."""
+    change and revived version also applies at once.
+
+    1. Without the routing lock, find the live versions and the excess over the cap;
+       with no excess left unhandled (none, or every weightless live version already
+       force-drained) there is nothing to do, which is the answer at nearly every tick.
+    2. Otherwise lock the routing row and apply the cap, which finds the live versions
+       again under the lock (one index probe per version) before marking any.
+    """
+    routing = Routing.objects.filter(agent=agent).first()
+    if routing is None:
+        return []
+    excess, counted, active = _cap_excess(agent, routing.weights, live_versions(agent))
+    if excess <= 0:
+        return []
+    handled = Lifecycle.objects.filter(
+        version_id__in=counted - active, forced_drain_at__isnull=False
+    ).count()
+    if handled >= excess:
+        return []
     with transaction.atomic():
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None:
@@ -276,11 +413,12 @@ def revive(agent: Agent, version_id: int, now: datetime) -> Lifecycle | None:
 
     Callers detect this from the lifecycle they read anyway (no lifecycle, or
     ``drained_at`` set), so it runs once per revival, not at every heartbeat."""
+    # Counted before the lock: it only sizes the drain progress's denominator.
+    live = live_counts(agent, [version_id]).get(version_id, 0)
     with transaction.atomic():
         routing = Routing.objects.select_for_update().filter(agent=agent).first()
         if routing is None or routing.weight_of(version_id) > 0:
             return None
-        live = live_counts(agent, [version_id]).get(version_id, 0)
         lifecycle, created = Lifecycle.objects.get_or_create(
             version_id=version_id,
             defaults={"agent": agent, "drain_started_at": now, "live_at_drain_start": live},

@@ -23,7 +23,7 @@ from controlplane import db
 from metrics import outcomes, rollups
 from rollouts import instruments
 from rollouts import routing as routing_mod
-from rollouts.drain import mark_drained_if_empty, revive
+from rollouts.drain import REPORTED_START_SKEW, mark_drained_if_empty, revive
 from rollouts.models import Session, SessionState
 from versions.api import version_payload as serialize_version
 from versions.audit import SYSTEM, record
@@ -206,7 +206,7 @@ def version_payload(version_id: int) -> tuple[dict, bytes]:
 # A pin reported by a harness that routed locally began at most this long ago, and at
 # most this far ahead of our clock (the harness's clock may run a little fast).
 REPORT_MAX_AGE = timedelta(days=30)
-REPORT_CLOCK_SKEW = timedelta(minutes=5)
+REPORT_CLOCK_SKEW = REPORTED_START_SKEW
 
 
 @dataclass(frozen=True)
@@ -534,7 +534,15 @@ def heartbeat(slug: str, session_id: str) -> Session:
 
 def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, bool]:
     """End a session and record its outcome. Ending twice is harmless: the first outcome
-    stands and the second call changes nothing. Returns (session, changed)."""
+    stands and the second call changes nothing. Returns (session, changed).
+
+    1. Lock the session's row (not the agent's routing row: ends on one version run in
+       parallel), record the outcome, feed the rollups and end it, in one transaction.
+    2. After that commits, an end on a weightless version asks whether the version is
+       drained now: one probe of the live index, without any lock, answers "no" while
+       other sessions are live; only when none is left is the routing row locked to
+       mark it drained (``drain.mark_drained_if_empty``).
+    """
     now = timezone.now()
     with transaction.atomic():
         session = _find_session(slug, session_id, lock=True)
@@ -544,7 +552,8 @@ def end(slug: str, session_id: str, outcome: dict[str, Any]) -> tuple[Session, b
             session.version_id, session.epoch, session.session_id, session.state, outcome
         )
         if session.state in (SessionState.LIVE, SessionState.ABANDONED):
-            Session.objects.filter(pk=session.pk).update(
+            # With the agent, so a database distributed by agent routes it to one node.
+            Session.objects.filter(pk=session.pk, agent_id=session.agent_id).update(
                 state=SessionState.ENDED, ended_at=now, end_reason="ended by harness"
             )
             session.state, session.ended_at = SessionState.ENDED, now

@@ -13,7 +13,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 
 from controlplane import taskruns
 from controlplane.models import TaskRun
-from rollouts import drain, engine, fleet, snapshots
+from rollouts import drain, engine, fleet, retention, snapshots
 from rollouts.models import Rollout, RolloutState
 from versions.audit import SYSTEM
 from versions.models import Agent
@@ -22,16 +22,55 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True)
-def enforce_drain_policies() -> dict[str, dict]:
+def enforce_drain_policies() -> int:
+    """Fan out: one policy pass per agent (``enforce_agent_drain_policies``), so a tick
+    costs what the busiest agent costs rather than the sum of all of them, and one slow
+    agent delays no other. Each task expires with the tick: a backlog never replays
+    stale passes, and the next tick's pass covers what a dropped one would have done.
+    Returns how many agents it fanned out to."""
+    expires = float(settings.PRISM_BEAT_SECONDS)
+    agent_ids = list(Agent.objects.order_by("pk").values_list("pk", flat=True))
+    for agent_id in agent_ids:
+        enforce_agent_drain_policies.apply_async((agent_id,), expires=expires)
+    return len(agent_ids)
+
+
+@shared_task(ignore_result=True)
+def enforce_agent_drain_policies(agent_id: int) -> dict:
     """Idle sessions to abandoned, overdue drains to expired, the live-version cap, and
-    drained versions noticed, for every agent."""
-    report = {}
-    for agent in Agent.objects.all():
-        outcome = drain.enforce_policies(agent)
-        if any(outcome.values()):
-            log.info("drain policies for %s: %s", agent.slug, outcome)
-        report[agent.slug] = outcome
-    return report
+    drained versions noticed, for one agent. Idempotent: every step is a conditional
+    write, so a duplicate or overlapping pass changes nothing twice."""
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is None:
+        return {}  # deleted since the tick
+    outcome = drain.enforce_policies(agent)
+    if any(outcome.values()):
+        log.info("drain policies for %s: %s", agent.slug, outcome)
+    return outcome
+
+
+@shared_task(ignore_result=True)
+def apply_retention() -> int:
+    """Fan out: one retention run per agent (``apply_agent_retention``), expiring with
+    the run's interval. Returns how many agents it fanned out to."""
+    expires = float(settings.PRISM_RETENTION_SECONDS)
+    agent_ids = list(Agent.objects.order_by("pk").values_list("pk", flat=True))
+    for agent_id in agent_ids:
+        apply_agent_retention.apply_async((agent_id,), expires=expires)
+    return len(agent_ids)
+
+
+@shared_task(ignore_result=True)
+def apply_agent_retention(agent_id: int) -> dict:
+    """Delete one agent's sessions, outcomes, evaluations and snapshots past their
+    retention, a bounded amount per run (``rollouts.retention``). Logged, not audited."""
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is None:
+        return {}
+    deleted = retention.apply(agent)
+    if any(deleted.values()):
+        log.info("retention for %s deleted %s", agent.slug, deleted)
+    return deleted
 
 
 @shared_task(ignore_result=True)

@@ -60,6 +60,17 @@ def test_envint_names_the_variable_for_a_bad_value(monkeypatch, value):
         prism.envint("PRISM_NUMBER", "0")
 
 
+def test_envcount_reads_a_count_and_refuses_one_below_its_minimum(monkeypatch):
+    monkeypatch.setenv("PRISM_RETAIN_SESSIONS_DAYS", "0")
+    assert prism.envcount("PRISM_RETAIN_SESSIONS_DAYS", "90") == 0
+    monkeypatch.setenv("PRISM_RETAIN_SESSIONS_DAYS", "-1")
+    with pytest.raises(ImproperlyConfigured, match="PRISM_RETAIN_SESSIONS_DAYS"):
+        prism.envcount("PRISM_RETAIN_SESSIONS_DAYS", "90")
+    monkeypatch.setenv("PRISM_RETENTION_BATCH", "0")
+    with pytest.raises(ImproperlyConfigured, match="PRISM_RETENTION_BATCH must be at least 1"):
+        prism.envcount("PRISM_RETENTION_BATCH", "5000", minimum=1)
+
+
 # --- database_from_url ---------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ def main() -> None:
     from django.db import connection
     from rest_framework.test import APIClient
 
-    from rollouts.tasks import enforce_drain_policies, evaluate_rollouts
+    from rollouts.tasks import enforce_agent_drain_policies, evaluate_rollouts
+    from versions.models import Agent
 
     call_command("migrate", verbosity=0)
 
@@ -68,7 +69,11 @@ def main() -> None:
         "after": sorted(after),
         "ended": ended.status_code,
         "states": {str(v["id"]): v["state"] for v in fleet["versions"]},
-        "beat": [bool(enforce_drain_policies()), evaluate_rollouts()],
+        # The drain tick's per-agent pass, in-process (the tick itself only enqueues).
+        "beat": [
+            bool(enforce_agent_drain_policies(Agent.objects.get(slug="research").pk)),
+            evaluate_rollouts(),
+        ],
         "v1": v1,
         "v2": v2,
     }))  # fmt: skip

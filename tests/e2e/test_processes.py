@@ -23,7 +23,7 @@ from rollouts import engine
 from rollouts.models import Session, SessionState
 from tests.endpoints import free_port
 from versions.audit import SYSTEM
-from versions.models import AuditEntry
+from versions.models import Agent, AuditEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -122,7 +122,8 @@ def test_it_serves_the_api_with_the_compose_gunicorn_command(
 def test_it_runs_drain_policies_through_beat_broker_and_worker(
     processes, tmp_path, agent, make_version
 ):
-    """Beat publishes to Redis, the worker consumes and marks an idle session abandoned."""
+    """Beat publishes to Redis; the tick fans out one policy task per agent, and the
+    worker runs each, marking every agent's idle session abandoned."""
     assert os.environ.get("CELERY_BROKER_URL", "").startswith("redis"), "needs a Redis broker"
     version = make_version(agent)
     engine.set_stable(agent, version, actor=SYSTEM)
@@ -133,6 +134,16 @@ def test_it_runs_drain_policies_through_beat_broker_and_worker(
         agent=agent,
         session_id="idle-1",
         version=version,
+        started_at=long_ago,
+        last_seen_at=long_ago,
+    )
+    other = Agent.objects.create(slug="other", name="Other agent", idle_timeout_s=60)
+    other_version = make_version(other)
+    engine.set_stable(other, other_version, actor=SYSTEM)
+    other_idle = Session.objects.create(
+        agent=other,
+        session_id="idle-2",
+        version=other_version,
         started_at=long_ago,
         last_seen_at=long_ago,
     )
@@ -154,7 +165,8 @@ def test_it_runs_drain_policies_through_beat_broker_and_worker(
     beat_log = _start(beat_cmd, processes, tmp_path, "beat")
 
     deadline = time.monotonic() + 60
-    while Session.objects.get(pk=idle.pk).state != SessionState.ABANDONED:
+    pending = [idle.pk, other_idle.pk]
+    while Session.objects.filter(pk__in=pending, state=SessionState.ABANDONED).count() < 2:
         if time.monotonic() > deadline:
             pytest.fail(
                 "the idle session was never abandoned\n--- worker\n"
@@ -166,3 +178,12 @@ def test_it_runs_drain_policies_through_beat_broker_and_worker(
     assert entry.actor == SYSTEM
     assert "idle_timeout_s=60" in entry.reason
     assert entry.after["sessions"] == ["idle-1"]
+    other_entry = AuditEntry.objects.get(action="sessions.abandoned", agent=other)
+    assert other_entry.after["sessions"] == ["idle-2"]
+    # One task per agent, each run by the worker: two passes abandoned one session each.
+    passes = [
+        line
+        for line in worker_log.read_text().splitlines()
+        if "enforce_agent_drain_policies[" in line and "'abandoned': 1" in line
+    ]
+    assert len(passes) == 2, worker_log.read_text()[-3000:]

@@ -17,6 +17,8 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import Value
+from django.db.models.functions import Least
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -130,14 +132,19 @@ def play(agent, versions, rng: random.Random, steps: int) -> None:
             sessions.feedback(slug, rng.choice(started), rng.choice([-1.0, -0.3, 0.5, 1.0]))
         elif action == "abandon":
             chosen = rng.sample(started, min(3, len(started)))
+            # Time moves for the start too: a session is never seen before it began.
+            idle_since = now - timedelta(seconds=agent.idle_timeout_s + 1)
             Session.objects.filter(session_id__in=chosen).update(
-                last_seen_at=now - timedelta(seconds=agent.idle_timeout_s + 1)
+                last_seen_at=idle_since, started_at=Least("started_at", Value(idle_since))
             )
             drain.abandon_idle(agent, now)
         elif action == "expire":
             chosen = rng.sample(started, min(2, len(started)))
+            # Told to drain for its age: it started at least max_session_age_s before.
+            told = now - timedelta(seconds=agent.drain_grace_s + 1)
             Session.objects.filter(session_id__in=chosen, state="live").update(
-                drain_at=now - timedelta(seconds=agent.drain_grace_s + 1)
+                drain_at=told,
+                started_at=told - timedelta(seconds=agent.max_session_age_s + 1),
             )
             drain.expire_overdue(agent, now)
         elif action in ("expire-at-heartbeat", "expire-at-start"):

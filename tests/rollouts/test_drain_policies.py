@@ -255,8 +255,12 @@ def test_it_force_drains_the_oldest_draining_version_past_the_cap(
     assert len(audits("version.force_drained")) == 1
 
     # The grace runs out for the session that went quiet: the beat expires it, and v1
-    # is drained once its last session ends.
+    # is drained once its last session ends. (Time moves for the mark too: a session is
+    # told to drain at its version's mark or later.)
     age("on-v1-b", drain_at=31)
+    Lifecycle.objects.filter(pk=v1.pk).update(
+        forced_drain_at=timezone.now() - timedelta(seconds=31)
+    )
     assert drain.enforce_policies(policy_agent)["expired"] == 1
     assert state("on-v1-b") == "expired"
     assert "drain_grace_s=30" in audits("sessions.expired")[0].reason

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from rollouts import engine, tasks
-from rollouts.models import RolloutEvent
+from rollouts.models import FleetSnapshot, RolloutEvent, Session
 from tests.rollouts.conftest import ended_on, start_rollout, weights
 from versions.models import Agent, AuditEntry
 
@@ -146,3 +147,73 @@ def test_the_beat_evaluates_at_the_time_it_is_given(agent, v1, v2):
     }
     rollout.refresh_from_db()
     assert rollout.stage == 1
+
+
+# --- the drain-policy tick ---------------------------------------------------------------
+
+
+def test_the_drain_tick_fans_out_one_task_per_agent_expiring_with_the_tick(
+    monkeypatch, settings, make_version
+):
+    """The shape of the fan-out, run eagerly here; tests/e2e/test_processes.py runs the
+    same tasks on a real worker through Redis."""
+    settings.PRISM_BEAT_SECONDS = 7
+    agents = [Agent.objects.create(slug=f"a{i}", name=f"A{i}", idle_timeout_s=60) for i in range(3)]
+    long_ago = timezone.now() - timedelta(minutes=10)
+    for agent in agents:
+        version = make_version(agent)
+        engine.set_stable(agent, version, actor="test")
+        Session.objects.create(
+            agent=agent,
+            session_id="idle",
+            version=version,
+            started_at=long_ago,
+            last_seen_at=long_ago,
+        )
+    sent: list[tuple[tuple, dict]] = []
+    publish = tasks.enforce_agent_drain_policies.apply_async
+
+    def recording(args, **options):
+        sent.append((tuple(args), options))
+        return publish(args, **options)
+
+    monkeypatch.setattr(tasks.enforce_agent_drain_policies, "apply_async", recording)
+
+    result = tasks.enforce_drain_policies.apply()
+
+    assert result.get() == 3
+    assert sorted(args for args, _ in sent) == sorted((a.pk,) for a in agents)
+    assert all(options == {"expires": 7.0} for _, options in sent)
+    # Each pass did its own agent's work, and only once.
+    for agent in agents:
+        [entry] = AuditEntry.objects.filter(action="sessions.abandoned", agent=agent)
+        assert entry.after["sessions"] == ["idle"]
+    assert set(Session.objects.values_list("state", flat=True)) == {"abandoned"}
+
+
+def test_a_policy_pass_for_an_agent_deleted_since_the_tick_does_nothing():
+    assert tasks.enforce_agent_drain_policies.apply((987654,)).get() == {}
+
+
+def test_the_retention_run_fans_out_one_task_per_agent(monkeypatch, settings):
+    settings.PRISM_RETENTION_SECONDS = 60
+    settings.PRISM_RETAIN_SNAPSHOTS_DAYS = 90
+    agents = [Agent.objects.create(slug=f"r{i}", name=f"R{i}") for i in range(2)]
+    old = timezone.now() - timedelta(days=100)
+    for agent in agents:
+        FleetSnapshot.objects.create(agent=agent, at=old)
+        FleetSnapshot.objects.create(agent=agent, at=timezone.now())
+    sent: list[tuple[tuple, dict]] = []
+    publish = tasks.apply_agent_retention.apply_async
+
+    def recording(args, **options):
+        sent.append((tuple(args), options))
+        return publish(args, **options)
+
+    monkeypatch.setattr(tasks.apply_agent_retention, "apply_async", recording)
+
+    assert tasks.apply_retention.apply().get() == 2
+    assert sorted(args for args, _ in sent) == sorted((a.pk,) for a in agents)
+    assert all(options == {"expires": 60.0} for _, options in sent)
+    assert FleetSnapshot.objects.filter(at__lt=old + timedelta(days=1)).count() == 0
+    assert FleetSnapshot.objects.count() == 2

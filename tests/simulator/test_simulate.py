@@ -22,7 +22,7 @@ from metrics.tasks import count_assignments
 from rollouts import engine
 from rollouts.drain import live_counts
 from rollouts.models import Rollout, RolloutState, Session
-from rollouts.tasks import enforce_drain_policies
+from rollouts.tasks import enforce_agent_drain_policies
 from simulator.scenarios import SCENARIOS
 from simulator.traffic import Arrivals
 from tests.client.conftest import issue_token
@@ -55,7 +55,9 @@ class Beat(threading.Thread):
     def run(self) -> None:
         try:
             while not self.halt.wait(self.every):
-                enforce_drain_policies()
+                # The tick's fan-out, done in this thread: one policy pass per agent.
+                for agent_id in Agent.objects.values_list("pk", flat=True):
+                    enforce_agent_drain_policies(agent_id)
                 count_assignments()
                 # The tick's fan-out, done in this thread: one evaluation per rollout.
                 engine.evaluate_open_rollouts()
