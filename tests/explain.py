@@ -8,11 +8,17 @@
 ``rows_read`` is what the scans touched: the rows each scan node returned plus those its
 filter or recheck threw away, over all its loops. ``buffers`` is the shared buffers
 hit and read by each statement's execution (planning left out: it reads the catalogs).
+An index that stopped being used, or a scan that grew with the history, shows up as
+rows and pages, not as seconds.
+
+``reads_of`` replays the reads of one table from captured queries
+(``CaptureQueriesContext``), for tests that bound each statement on its own.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,24 +42,29 @@ def explain(sql: str, params: Any = None) -> dict[str, Any]:
     return (plan if isinstance(plan, list) else json.loads(plan))[0]
 
 
-def nodes(plan: dict[str, Any]):
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every node of a plan, depth first."""
     yield plan
     for child in plan.get("Plans", ()):
         yield from nodes(child)
 
 
-def rows_read(plan: dict[str, Any]) -> int:
-    total = 0
-    for node in nodes(plan["Plan"]):
-        if node["Node Type"] in SCANS:
-            per_loop = (
-                node.get("Actual Rows", 0)
-                + node.get("Rows Removed by Filter", 0)
-                + node.get("Rows Removed by Index Recheck", 0)
-            )
-            total += int(per_loop * node.get("Actual Loops", 1))
-    return total
+def _visited(node: dict[str, Any]) -> int:
+    per_loop = (
+        node.get("Actual Rows", 0)
+        + node.get("Rows Removed by Filter", 0)
+        + node.get("Rows Removed by Index Recheck", 0)
+    )
+    return round(per_loop * max(node.get("Actual Loops", 1), 1))
+
+
+def rows_read(plan: dict[str, Any], table: str | None = None) -> int:
+    """Rows the scan nodes visited, kept or thrown away; of ``table`` only, if named."""
+    return sum(
+        _visited(node)
+        for node in nodes(plan["Plan"])
+        if node["Node Type"] in SCANS and (table is None or node.get("Relation Name") == table)
+    )
 
 
 def buffers(plan: dict[str, Any]) -> int:
@@ -100,3 +111,36 @@ class Explained:
             ),
             reverse=True,
         )
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one statement read of one table."""
+
+    sql: str
+    rows: int  # rows of the table that scan nodes visited, kept or filtered out
+    buffers: int  # pages the whole statement touched, any table or index
+    plan: dict[str, Any]  # the top plan node
+
+
+def read(sql: str, params: Any = None, *, table: str) -> Reading:
+    """Run ``sql`` under EXPLAIN ANALYZE and sum what it read of ``table``."""
+    explained = explain(sql, params)
+    return Reading(sql, rows_read(explained, table), buffers(explained), explained["Plan"])
+
+
+def reads_of(queries: list[dict[str, Any]], table: str) -> list[Reading]:
+    """Replay the captured SELECTs that name ``table`` (``CaptureQueriesContext``
+    entries, parameters already bound) under EXPLAIN. Writes are not replayed."""
+    return [
+        read(query["sql"], table=table)
+        for query in queries
+        if table in query["sql"] and query["sql"].lstrip().upper().startswith(("SELECT", "WITH"))
+    ]
+
+
+def relation_pages(table: str) -> int:
+    """The table's size in 8 kB pages."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_relation_size(%s) / 8192", [table])
+        return cursor.fetchone()[0]

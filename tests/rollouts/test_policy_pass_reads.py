@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from rollouts import drain, engine
 from rollouts.models import Lifecycle, Session
-from tests.query_plans import reads_of, relation_pages
+from tests.explain import reads_of, relation_pages
 from versions.audit import SYSTEM
 from versions.models import Agent
 

@@ -26,7 +26,7 @@ from rollouts.models import (
     Session,
     SessionState,
 )
-from tests.query_plans import explain
+from tests.explain import read
 from versions.audit import SYSTEM
 from versions.models import AuditEntry
 
@@ -266,7 +266,7 @@ def test_a_batch_reads_the_rows_it_deletes_not_the_history(agent, make_version):
     cutoff = timezone.now() - timedelta(minutes=29_900)  # the oldest hundred
     counted = metrics_retention.assignments_counted_through()
     savepoint = transaction.savepoint_create()
-    reading = explain(
+    reading = read(
         retention._DELETE_SESSIONS,
         [agent.pk, cutoff, counted, 50, cutoff, counted],
         table="rollouts_session",
