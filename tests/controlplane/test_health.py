@@ -135,11 +135,12 @@ def test_it_is_503_when_the_database_is_unreachable():
     assert found["body"]["beat"]["last_tick"] is None
 
 
-def _wait(what: str, probe, timeout: float) -> None:
+def _wait(what: str, probe, timeout: float, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not probe():
         if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {timeout}s")
+            tail = f"\n--- worker log\n{log.read_text()[-4000:]}" if log and log.exists() else ""
+            raise AssertionError(f"gave up waiting for {what} after {timeout}s{tail}")
         time.sleep(0.2)
 
 
@@ -156,7 +157,12 @@ def test_a_running_beat_keeps_it_healthy_and_a_stopped_one_makes_it_503(
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        _wait("the beat's first tick", lambda: BeatTick.objects.exists(), timeout=90)
+        _wait(
+            "the beat's first tick",
+            lambda: BeatTick.objects.exists(),
+            timeout=180,  # a worker's first start imports everything; slow on a busy machine
+            log=tmp_path / "worker.log",
+        )
         first = BeatTick.objects.get().at
         _wait("a second tick", lambda: BeatTick.objects.get().at > first, timeout=30)
         assert anonymous.get(URL).status_code == 200
