@@ -70,7 +70,7 @@ import psycopg
 BASE_DIR = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = BASE_DIR / "var" / "bench" / "pg"
 #: Bump when the fixture's shape changes without a migration changing.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 META_TABLE = "bench_fixture"
 
 AGENTS = 50
@@ -584,19 +584,30 @@ def _beat(now: datetime) -> dict[str, Any]:
 
     from metrics import rollups
     from rollouts.models import Lifecycle, Rollout
-    from rollouts.tasks import enforce_drain_policies, evaluate_rollout, record_fleet_snapshots
+    from rollouts.tasks import (
+        enforce_agent_drain_policies,
+        estimate_survival,
+        evaluate_rollout,
+        record_fleet_snapshots,
+    )
+    from versions.models import Agent
 
     # The task counts a bounded step per tick, after pins have settled; here every pin
     # has, so the cursor is run to the end with no settling.
     counted = 0
     while step := rollups.count_assignments(settle_s=0):
         counted += step
-    enforce_drain_policies()
+    # The tick's tasks fan out one task per agent; here each agent's task runs in turn.
+    agent_ids = list(Agent.objects.order_by("pk").values_list("pk", flat=True))
+    for agent_id in agent_ids:
+        enforce_agent_drain_policies(agent_id)
     # The sweep marks empty versions drained as of now; they drained days ago.
     Lifecycle.objects.filter(drained_at__isnull=False, drain_started_at__isnull=False).update(
         drained_at=Least(F("drain_started_at") + timedelta(days=2), Value(now))
     )
     record_fleet_snapshots()
+    for agent_id in agent_ids:
+        estimate_survival(agent_id)
     decisions = [
         evaluate_rollout(pk, stage)
         for pk, stage in Rollout.objects.filter(state="running").values_list("pk", "stage")

@@ -14,7 +14,7 @@ from django.db.models import Count
 from bench import fixtures
 from metrics import rollups
 from metrics.models import Outcome, Rollup
-from rollouts.models import Lifecycle, Rollout, RoutingChange, Session
+from rollouts.models import Lifecycle, Rollout, RoutingChange, Session, SurvivalEstimate
 from versions.models import Agent
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +50,8 @@ def test_it_builds_fifty_agents_with_a_running_rollout_each_and_twenty_versions_
         assert Session.objects.filter(agent=busiest, version_id=version_id, state="live").exists()
     drained = Lifecycle.objects.filter(agent=busiest, drained_at__isnull=False)
     assert drained.count() == fixtures.BUSIEST_VERSIONS - 2 - fixtures.DRAINING
+    # The read models the beat keeps: a stored survival estimate per agent.
+    assert SurvivalEstimate.objects.count() == fixtures.AGENTS
 
 
 def test_it_writes_realistic_shares_of_live_ended_abandoned_and_expired_sessions(built):
