@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from metrics import rollups, sources
@@ -239,18 +240,22 @@ def assess(rollout: Rollout, epoch: int, now: datetime | None = None) -> Assessm
 
 
 def record(rollout: Rollout, assessment: Assessment, *, actor: str, now: datetime) -> Evaluation:
-    """Keep the look in the rollout's evaluation history, and as its latest."""
-    evaluation = Evaluation.objects.create(
-        rollout=rollout,
-        at=now,
-        actor=actor[:150],
-        stage=assessment.stage,
-        epoch=assessment.epoch,
-        decision=assessment.decision,
-        reason=assessment.reason,
-        report=assessment.report,
-    )
-    Rollout.objects.filter(pk=rollout.pk, stage=assessment.stage).update(
-        last_evaluation=assessment.report, evaluated_at=now
-    )
+    """Keep the look in the rollout's evaluation history and, while the rollout is still
+    at the stage it looked at, as its latest (on ``rollout`` too), in one transaction."""
+    with transaction.atomic():
+        evaluation = Evaluation.objects.create(
+            rollout=rollout,
+            at=now,
+            actor=actor[:150],
+            stage=assessment.stage,
+            epoch=assessment.epoch,
+            decision=assessment.decision,
+            reason=assessment.reason,
+            report=assessment.report,
+        )
+        latest = Rollout.objects.filter(pk=rollout.pk, stage=assessment.stage).update(
+            last_evaluation=assessment.report, evaluated_at=now
+        )
+    if latest and rollout.stage == assessment.stage:
+        rollout.last_evaluation, rollout.evaluated_at = assessment.report, now
     return evaluation
