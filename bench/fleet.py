@@ -24,24 +24,15 @@ import tempfile
 from pathlib import Path
 
 from bench import fixtures
-from bench.fixtures import label, parse_sizes
-from bench.scale import finish, gunicorn_on, header, result, say, timed_gets
+from bench.fixtures import label
+from bench.scale import finish, gunicorn_on, header, result, say, timed_gets, timed_gets_args
 
 TARGET_MS = 50.0
 TARGET_GROWTH = 1.5
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.fleet",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--sessions", type=parse_sizes, default=parse_sizes("1e6,1e7"))
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--budget", type=float, default=90, help="seconds of requests per size")
-    return parser.parse_args(argv)
+    return timed_gets_args("python -m bench.fleet", __doc__, argv)
 
 
 def measure(cache: fixtures.Cache, sessions: int, args: argparse.Namespace) -> dict:

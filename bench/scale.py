@@ -4,6 +4,7 @@ report with its RESULT line."""
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import os
 import platform
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.fixtures import parse_sizes
 from bench.server import HOST, Gunicorn, GunicornConfig
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -127,3 +129,16 @@ def finish(name: str, lines: list[str]) -> None:
 
 def header(title: str) -> list[str]:
     return [f"{title}, {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC", "", f"machine   {machine()}"]
+
+
+def timed_gets_args(prog: str, doc: str | None, argv: list[str]) -> argparse.Namespace:
+    """The options of a benchmark that times GETs of one page at fixture sizes
+    (``bench.fleet``, ``bench.dashboard``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", type=parse_sizes, default=parse_sizes("1e6,1e7"))
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=90, help="seconds of requests per size")
+    return parser.parse_args(argv)

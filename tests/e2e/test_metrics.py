@@ -8,7 +8,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.models import Role
@@ -29,6 +27,7 @@ from rollouts import engine
 from tests.client.conftest import issue_token
 from tests.conftest import tuple_with
 from tests.e2e.servers import ROOT, Processes, compose_command, prism_env, wait_for
+from tests.endpoints import database_url, free_port
 from tests.metrics.servers import Prometheus
 from tests.rollouts.conftest import set_weights
 from versions.models import Agent, Version
@@ -37,22 +36,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 TOKEN = "e2e-metrics-token-0123456789abcdef"
 SLUG = "research"
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["HOST"].startswith("/"):
-        return f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
-    return (
-        f"postgresql://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
-        f"{db['PORT'] or 5432}/{db['NAME']}"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -118,7 +101,7 @@ def web(tmp_path) -> Iterator[Callable[..., Web]]:
     def start(**extra: str) -> Web:
         folder = multiproc_folder(tmp_path)
         env = prism_env(
-            _database_url(),
+            database_url(),
             os.environ.get("CELERY_BROKER_URL", "memory://"),
             tmp_path / "var",
             PROMETHEUS_MULTIPROC_DIR=str(folder),
@@ -126,7 +109,7 @@ def web(tmp_path) -> Iterator[Callable[..., Web]]:
             PRISM_METRICS_ALLOW_NETWORKS="",  # the token only, even from 127.0.0.1
             **extra,
         )
-        port = _free_port()
+        port = free_port()
         command = compose_command("web")
         command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
         command[command.index("--workers") + 1] = "2"

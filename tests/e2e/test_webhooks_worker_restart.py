@@ -15,7 +15,6 @@ import time
 
 import pytest
 from celery import Celery
-from django.db import connection
 
 from controlplane.models import TaskRun
 from events.models import Delivery, Event, Webhook
@@ -25,21 +24,12 @@ from rollouts.models import Rollout
 from tests.conftest import tuple_with
 from tests.e2e.servers import Processes, Redis, celery_worker, compose_command, prism_env
 from tests.e2e.servers import wait_for as wait_until
+from tests.endpoints import database_url
 from tests.events.receiver import Receiver
 from versions.models import Agent, Version
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 SECRET = "whsec_restart-test-0123456789"
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["HOST"].startswith("/"):
-        return f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
-    return (
-        f"postgresql://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
-        f"{db['PORT'] or 5432}/{db['NAME']}"
-    )
 
 
 def _running_rollout() -> Rollout:
@@ -66,7 +56,7 @@ def test_an_event_whose_worker_was_killed_before_delivery_is_delivered_once(tmp_
     redis.start()
     processes = Processes(tmp_path)
     env = prism_env(
-        _database_url(),
+        database_url(),
         redis.url,
         tmp_path / "var",
         PRISM_WEBHOOKS_ALLOW_PRIVATE="true",
