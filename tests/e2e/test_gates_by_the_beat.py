@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from events.models import Webhook
 from metrics.gates import validate_gates
+from prism_client import verify
 from rollouts import engine
 from rollouts.models import Evaluation, Rollout, RolloutState
 from tests.client.conftest import issue_token
@@ -29,6 +32,7 @@ from tests.conftest import tuple_with
 from tests.e2e.servers import ROOT, Processes, Redis, celery_worker, compose_command, prism_env
 from tests.e2e.servers import wait_for as wait_until
 from tests.endpoints import database_url, free_port
+from tests.events.receiver import Receiver
 from versions.models import Agent, Version
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -38,6 +42,7 @@ STAGES = [
     {"percent": 50, "min_duration_s": 2, "min_sessions": 30},
     {"percent": 100},
 ]
+SECRET = "whsec_beat-e2e-0123456789"
 GATES = [
     {"metric": "error_rate", "max_increase": 0.2},
     {"metric": "cost_usd", "max_relative_change": 0.3},
@@ -57,6 +62,7 @@ def topology(tmp_path) -> Iterator[str]:
         tmp_path / "var",
         PRISM_EVALUATE_SECONDS="1",
         PRISM_PIN_SETTLE_S="1",
+        PRISM_WEBHOOKS_ALLOW_PRIVATE="true",  # the test's receiver is on loopback
     )
     port = free_port()
     web = compose_command("web")
@@ -143,8 +149,13 @@ def test_the_beat_alone_promotes_a_healthy_candidate_through_every_stage(topolog
 
 
 def test_the_beat_alone_rolls_back_a_regressed_candidate(topology):
-    """The regression scenario's candidate errs three times as often and costs 60% more."""
+    """The regression scenario's candidate errs three times as often and costs 60% more.
+    The rollback reaches a webhook: one signed delivery, sent by the worker."""
     agent, rollout = _rollout(auto_rollback=True)
+    receiver = Receiver().start()
+    Webhook.objects.create(
+        agent=agent, url=receiver.url, secret=SECRET, events=["rollout.rolled_back"]
+    )
     simulator = _simulate(topology, "regression", 60)
     closed = _until_closed(rollout, simulator, timeout=90)
 
@@ -154,3 +165,10 @@ def test_the_beat_alone_rolls_back_a_regressed_candidate(topology):
     assert reason.startswith("critical gate failed")
     agent.refresh_from_db()
     assert agent.routing.weights == {str(closed.baseline_id): 10000}
+    wait_until("the rollback's webhook delivery", lambda: receiver.got, timeout=30)
+    time.sleep(2)  # a duplicate send, were there one, would arrive by now
+    (got,) = receiver.got
+    assert got.headers["Prism-Event"] == "rollout.rolled_back"
+    assert verify(SECRET, got.headers, got.body)
+    assert json.loads(got.body)["subject"]["id"] == str(closed.pk)
+    receiver.stop()
