@@ -278,11 +278,15 @@ def _rows(version_ids: Iterable[int], epochs: Iterable[int | None] | None, metri
 
 
 def summaries(
-    version_ids: Iterable[int], epochs: Iterable[int | None] | None = None
+    version_ids: Iterable[int],
+    epochs: Iterable[int | None] | None = None,
+    metrics: Iterable[str] | None = None,
 ) -> dict[tuple[int, int | None, str], Summary]:
     """{(version id, epoch, metric): Summary} for the given versions, over all their
-    epochs or only ``epochs``. One query; its rows are epochs x metrics x shards."""
-    metrics = [*FIELD_METRICS.values(), ABANDON_RATE]
+    epochs or only ``epochs``, of every gated metric or only ``metrics`` (which may name
+    the counters too: their Summary's ``n`` is the count). One query; its rows are
+    epochs x metrics x shards."""
+    metrics = [*FIELD_METRICS.values(), ABANDON_RATE] if metrics is None else list(metrics)
     result: dict[tuple[int, int | None, str], Summary] = {}
     for version_id, epoch, metric, n, total, total_sq, sketch in _rows(
         version_ids, epochs, metrics

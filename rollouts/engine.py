@@ -733,7 +733,9 @@ def evaluate(
     assessment = evaluation.assess(rollout, epoch, now)
     looked = evaluation.record(rollout, assessment, actor=_actor_name(actor), now=now)
     if assessment.decision == evaluation.HOLD:
-        rollout.refresh_from_db()
+        if rollout.evaluated_at != now:
+            # The look did not become the latest: the rollout moved on meanwhile.
+            rollout.refresh_from_db()
         return rollout
     with transaction.atomic():
         routing, rollout = _locked_rollout(rollout_id)

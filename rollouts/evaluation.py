@@ -98,12 +98,31 @@ def _sum(
     return total
 
 
+def _stored(rollout: Rollout, runs: list[Span]) -> dict[tuple[int, int | None, str], Summary]:
+    """The rollups a look reads, in one query: both arms over every compared epoch, for
+    the gated metrics and the two counters (pins for the sample-ratio check, sessions
+    with an outcome for ``min_sessions``)."""
+    epochs = [epoch for span in runs for epoch in span.epochs]
+    if not epochs:
+        return {}
+    metrics = {gate["metric"] for gate in rollout.gates} | set(rollups.COUNTERS)
+    return rollups.summaries((rollout.candidate_id, rollout.baseline_id), epochs, metrics)
+
+
+def _count(
+    stored: dict[tuple[int, int | None, str], Summary], arm: int, epochs: list[int], metric: str
+) -> int:
+    return sum(part.n for e in epochs if (part := stored.get((arm, e, metric))) is not None)
+
+
 def _strata(
-    rollout: Rollout, runs: list[Span], now: datetime, by_source: set[str]
+    rollout: Rollout,
+    runs: list[Span],
+    now: datetime,
+    by_source: set[str],
+    stored: dict[tuple[int, int | None, str], Summary],
 ) -> dict[str, list[Stratum]]:
     arms = (rollout.candidate_id, rollout.baseline_id)
-    epochs = [epoch for span in runs for epoch in span.epochs]
-    stored = rollups.summaries(arms, epochs) if epochs else {}
     strata: dict[str, list[Stratum]] = defaultdict(list)
     metrics = {gate["metric"] for gate in rollout.gates}
     for span in runs:
@@ -121,18 +140,21 @@ def _strata(
     return dict(strata)
 
 
-def _srm(rollout: Rollout, runs: list[Span]) -> list[SrmStratum]:
-    arms = (rollout.candidate_id, rollout.baseline_id)
-    epochs = [epoch for span in runs for epoch in span.epochs]
-    assigned = rollups.assigned_counts(arms, epochs) if epochs else {}
+def _srm(
+    rollout: Rollout, runs: list[Span], stored: dict[tuple[int, int | None, str], Summary]
+) -> list[SrmStratum]:
     result = []
     for span in runs:
         for epoch in span.epochs:
             weights = span.weights[epoch]
             result.append(
                 SrmStratum(
-                    candidate_assigned=assigned.get((rollout.candidate_id, epoch), 0),
-                    baseline_assigned=assigned.get((rollout.baseline_id, epoch), 0),
+                    candidate_assigned=_count(
+                        stored, rollout.candidate_id, [epoch], rollups.ASSIGNED
+                    ),
+                    baseline_assigned=_count(
+                        stored, rollout.baseline_id, [epoch], rollups.ASSIGNED
+                    ),
                     candidate_weight=weights[rollout.candidate_id],
                     baseline_weight=weights[rollout.baseline_id],
                 )
@@ -166,17 +188,19 @@ def assess(rollout: Rollout, epoch: int, now: datetime | None = None) -> Assessm
     now = now or timezone.now()
     stage = rollout.stages[rollout.stage]
     runs = spans(rollout, now)
+    standing = sources.standing(rollout.agent_id)
     failing = [
         source
-        for source in sources.failing(rollout.agent_id)
+        for source in standing.failing
         if source.consecutive_errors >= settings.PRISM_SOURCE_ERROR_LIMIT
     ]
-    source_errors = sources.errors_by_metric(rollout.agent_id)
-    by_source = sources.metrics_from_prometheus(rollout.agent_id)
+    source_errors = standing.errors
+    by_source = standing.from_prometheus
+    stored = _stored(rollout, runs)
     judgement = judge(
         rollout.gates,
-        _strata(rollout, runs, now, by_source),
-        _srm(rollout, runs),
+        _strata(rollout, runs, now, by_source, stored),
+        _srm(rollout, runs, stored),
         alpha=settings.PRISM_GATE_ALPHA,
         min_samples=max(stage["min_sessions"], 1),
         source_errors=source_errors,
@@ -184,9 +208,8 @@ def assess(rollout: Rollout, epoch: int, now: datetime | None = None) -> Assessm
     # min_sessions counts the current stage's run only (a resumed halt starts over).
     current = runs[-1].epochs if runs and runs[-1].stage == rollout.stage else []
     arms = {"candidate": rollout.candidate_id, "baseline": rollout.baseline_id}
-    counts = rollups.with_outcome_counts(arms.values(), current) if current else {}
     samples = {
-        arm: sum(counts.get((version_id, epoch), 0) for epoch in current)
+        arm: _count(stored, version_id, current, rollups.WITH_OUTCOME)
         for arm, version_id in arms.items()
     }
     elapsed = rollout.stage_running_s(now)

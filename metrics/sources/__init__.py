@@ -11,6 +11,7 @@ and records every error so the engine can stop trusting a failing source.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,33 +148,34 @@ def poll(source_id: int, now: datetime | None = None) -> str:
 # --- for the engine -----------------------------------------------------------------------
 
 
-def failing(agent_id: int) -> list[MetricSource]:
-    """The agent's enabled sources whose last poll failed."""
-    return list(
-        MetricSource.objects.filter(agent_id=agent_id, enabled=True, consecutive_errors__gt=0)
-    )
+@dataclass(frozen=True)
+class Standing:
+    """What the engine needs to know about an agent's enabled sources, read at once."""
+
+    #: The sources whose last poll failed, in id order.
+    failing: list[MetricSource]
+    #: {metric: error} for the metrics a failing source provides: gates on them are
+    #: inconclusive while it fails.
+    errors: dict[str, str]
+    #: The metrics the Prometheus sources count: gates on them read the sources'
+    #: counters instead of the session rollups.
+    from_prometheus: set[str]
 
 
-def metrics_from_prometheus(agent_id: int) -> set[str]:
-    """The metrics the agent's enabled Prometheus sources count: gates on them read the
-    sources' counters instead of the session rollups."""
-    provided: set[str] = set()
-    for source in MetricSource.objects.filter(
-        agent_id=agent_id, enabled=True, kind=SourceKind.PROMETHEUS
-    ):
-        provided.update(prometheus.metrics_of(source.config))
-    return provided
-
-
-def errors_by_metric(agent_id: int) -> dict[str, str]:
-    """{metric: error} for the metrics a failing source of the agent provides: gates on
-    them are inconclusive while it fails."""
+def standing(agent_id: int) -> Standing:
+    """The agent's enabled sources as the engine sees them, in one query."""
+    failing: list[MetricSource] = []
     errors: dict[str, str] = {}
-    for source in failing(agent_id):
-        for metric in KINDS[source.kind].metrics_of(source.config):
-            errors.setdefault(
-                metric,
-                f"source {source.pk} ({source.kind}): {source.last_error} "
-                f"({source.consecutive_errors} consecutive errors)",
-            )
-    return errors
+    provided: set[str] = set()
+    for source in MetricSource.objects.filter(agent_id=agent_id, enabled=True).order_by("pk"):
+        if source.kind == SourceKind.PROMETHEUS:
+            provided.update(prometheus.metrics_of(source.config))
+        if source.consecutive_errors > 0:
+            failing.append(source)
+            for metric in KINDS[source.kind].metrics_of(source.config):
+                errors.setdefault(
+                    metric,
+                    f"source {source.pk} ({source.kind}): {source.last_error} "
+                    f"({source.consecutive_errors} consecutive errors)",
+                )
+    return Standing(failing, errors, provided)

@@ -158,14 +158,14 @@ def test_a_failing_export_is_an_error_counted_on_the_source(agent, v1, export, m
     assert (source.consecutive_errors, source.error_count, source.last_success_at) == (3, 3, None)
     assert source.poll_lease_until is None
     assert source.cursor == ""
-    assert sources.errors_by_metric(agent.pk)["success_rate"].startswith(f"source {source.pk}")
+    assert sources.standing(agent.pk).errors["success_rate"].startswith(f"source {source.pk}")
 
     export.mode = "ok"
     assert sources.poll(source.pk, later(4 * 3600)) == "ok"
     source.refresh_from_db()
     assert (source.consecutive_errors, source.error_count) == (0, 3)
     assert source.last_success_at is not None
-    assert sources.errors_by_metric(agent.pk) == {}
+    assert sources.standing(agent.pk).errors == {}
 
 
 def test_a_timeout_is_an_error(agent, v1, export):

@@ -182,4 +182,4 @@ def test_an_unreachable_prometheus_is_an_error(fleet):
     source.refresh_from_db()
     assert source.consecutive_errors == sources.CONSECUTIVE_ERROR_LIMIT
     assert source.last_error.startswith("unreachable")
-    assert set(sources.errors_by_metric(agent.pk)) == {"error_rate", "latency_ms"}
+    assert set(sources.standing(agent.pk).errors) == {"error_rate", "latency_ms"}
