@@ -910,7 +910,11 @@ def refresh(url: str, info: dict[str, Any]) -> float:
         )
         for table, columns, where in (
             ("rollouts_rollout", ("started_at", "stage_started_at"), "state = 'running'"),
-            ("rollouts_lifecycle", ("drain_started_at", "forced_drain_at"), "drained_at IS NULL"),
+            (
+                "rollouts_lifecycle",
+                ("drain_started_at", "forced_drain_at", "drain_eta_at"),
+                "drained_at IS NULL",
+            ),
             ("rollouts_fleetsnapshot", ("at",), "true"),
             ("controlplane_beattick", ("at",), "true"),
         ):

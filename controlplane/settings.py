@@ -392,6 +392,11 @@ PRISM_TEST_ONLY_PAUSE_AFTER_TRANSITION_S = envint("PRISM_TEST_ONLY_PAUSE_AFTER_T
 PRISM_BEAT_SECONDS = envint("PRISM_BEAT_SECONDS", "5")
 # GET /api/health/ answers 503 once the beat's last tick is older than this.
 PRISM_BEAT_LATE_S = envint("PRISM_BEAT_LATE_S", str(3 * PRISM_BEAT_SECONDS))
+# The beat's fan-out sends its per-agent work (drain passes, evaluations, survival
+# estimates, retention) in batches of this many agents or rollouts per task.
+PRISM_BEAT_BATCH = envint("PRISM_BEAT_BATCH", "10")
+if PRISM_BEAT_BATCH < 1:
+    raise ImproperlyConfigured("PRISM_BEAT_BATCH must be at least 1")
 PRISM_SOURCE_POLL_SECONDS = envint("PRISM_SOURCE_POLL_SECONDS", "30")
 # How often the beat evaluates each running rollout's gates.
 PRISM_EVALUATE_SECONDS = envint("PRISM_EVALUATE_SECONDS", "10")

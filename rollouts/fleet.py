@@ -9,7 +9,8 @@ costs:
 - totals come from the metric rollups, which the beat counts new pins into (so a total
   may trail the newest pins by a beat tick and the pin settle delay);
 - the drain ETA conditions the agent's stored survival curve (recomputed by the beat,
-  ``refresh_estimate``) on the ages of the draining versions' live sessions.
+  ``refresh_estimate``) on the ages of the draining versions' live sessions; the beat
+  stores it with the curve (``refresh_drain_etas``), and a request reads it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rollouts.drain import (
     live_counts,
     version_state,
 )
-from rollouts.models import Routing, Session, SessionState, SurvivalEstimate
+from rollouts.models import Lifecycle, Routing, Session, SessionState, SurvivalEstimate
 from rollouts.survival import (
     Span,
     SurvivalCurve,
@@ -187,6 +188,86 @@ def survival_curve(agent: Agent, now: datetime | None = None) -> SurvivalCurve:
     )
 
 
+# --- the drain ETA ---------------------------------------------------------------------
+
+
+def compute_drain_etas(
+    agent: Agent, draining: dict[int, Lifecycle], now: datetime
+) -> dict[int, float | None]:
+    """{version id: ETA} for the draining versions, computed now: the agent's stored
+    survival curve conditioned on the age of each of their live sessions, each capped by
+    what the drain policy leaves it. One read of the live index (the start and drain
+    time of each of their live sessions) and one of the stored curve."""
+    if not draining:
+        return {}
+    ages: dict[int, list[float]] = {pk: [] for pk in draining}
+    caps: dict[int, list[float]] = {pk: [] for pk in draining}
+    for version_id, started_at, drain_at in Session.objects.filter(
+        agent=agent, version_id__in=list(draining), state=SessionState.LIVE
+    ).values_list("version_id", "started_at", "drain_at"):
+        age = max((now - started_at).total_seconds(), 0.0)
+        ages[version_id].append(age)
+        caps[version_id].append(
+            policy_drain_bound(
+                age,
+                max_session_age_s=agent.max_session_age_s,
+                drain_grace_s=agent.drain_grace_s,
+                drained_for_s=None if drain_at is None else (now - drain_at).total_seconds(),
+                forced=draining[version_id].forced_drain_at is not None,
+            )
+        )
+    curve = survival_curve(agent, now)
+    return {pk: drain_eta(curve, ages[pk], caps=caps[pk]) for pk in draining}
+
+
+def stored_eta_is_current(lifecycle: Lifecycle) -> bool:
+    """Whether the stored ETA belongs to this drain as it stands: computed since the
+    drain started and since any force-drain (which changes every session's cap)."""
+    at = lifecycle.drain_eta_at
+    if at is None or lifecycle.drain_started_at is None or at < lifecycle.drain_started_at:
+        return False
+    return lifecycle.forced_drain_at is None or at >= lifecycle.forced_drain_at
+
+
+def stored_eta(lifecycle: Lifecycle, now: datetime) -> float | None:
+    """The stored ETA, less the time since it was computed (never below zero): between
+    two computations every cap shrinks by that time, and so does the estimate."""
+    if lifecycle.drain_eta_s is None or lifecycle.drain_eta_at is None:
+        return None
+    since = max((now - lifecycle.drain_eta_at).total_seconds(), 0.0)
+    return round(max(lifecycle.drain_eta_s - since, 0.0), 1)
+
+
+def refresh_drain_etas(
+    agent: Agent, now: datetime | None = None, *, stale_only: bool = False
+) -> int:
+    """Compute the ETA of each of the agent's draining versions and store it on its
+    lifecycle (the beat: every version with the survival estimate, and on each tick the
+    drains that started or were forced since their last one, ``stale_only``). Each write
+    is conditional on the drain it was computed for, so a drain that restarted or was
+    forced meanwhile keeps no stale figure. Returns how many it stored."""
+    now = now or timezone.now()
+    routing = Routing.objects.filter(agent=agent).first()
+    weighted = {int(k) for k, v in (routing.weights if routing else {}).items() if int(v) > 0}
+    draining = {
+        lifecycle.version_id: lifecycle
+        for lifecycle in Lifecycle.objects.filter(
+            agent=agent, drain_started_at__isnull=False, drained_at__isnull=True
+        )
+        if lifecycle.version_id not in weighted
+        and not (stale_only and stored_eta_is_current(lifecycle))
+    }
+    stored = 0
+    for version_id, eta in compute_drain_etas(agent, draining, now).items():
+        lifecycle = draining[version_id]
+        stored += Lifecycle.objects.filter(
+            pk=version_id,
+            drain_started_at=lifecycle.drain_started_at,
+            forced_drain_at=lifecycle.forced_drain_at,
+        ).update(drain_eta_s=eta, drain_eta_at=now)
+    return stored
+
+
 # --- the fleet view -------------------------------------------------------------------
 
 
@@ -201,11 +282,10 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
        (the live index).
     2. The states, and which drained versions are left out.
     3. Totals for the versions shown, from the rollups of assigned pins.
-    4. With any version draining: the start and drain time of each of its live
-       sessions (the live index), and the agent's stored survival curve.
-    5. Progress from the live count against the count at drain start; the ETA from the
-       curve conditioned on each live session's age, each capped by what the drain
-       policy leaves it.
+    4. Progress from the live count against the count at drain start; the ETA as the
+       beat stored it, less the time since. A drain the beat has not seen yet (it
+       started, or was forced, since the last computation) gets its ETA computed here
+       (``compute_drain_etas``) until the next tick stores one.
     """
     now = now or timezone.now()
     routing = Routing.objects.filter(agent=agent).first()
@@ -234,25 +314,9 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
 
     # Step 4.
     draining = {r[0].pk: r[1] for r in rows if r[3] == DRAINING and r[1] and r[1].drain_started_at}
-    ages: dict[int, list[float]] = {pk: [] for pk in draining}
-    caps: dict[int, list[float]] = {pk: [] for pk in draining}
-    curve = None
-    if draining:
-        for version_id, started_at, drain_at in Session.objects.filter(
-            agent=agent, version_id__in=list(draining), state=SessionState.LIVE
-        ).values_list("version_id", "started_at", "drain_at"):
-            age = max((now - started_at).total_seconds(), 0.0)
-            ages[version_id].append(age)
-            caps[version_id].append(
-                policy_drain_bound(
-                    age,
-                    max_session_age_s=agent.max_session_age_s,
-                    drain_grace_s=agent.drain_grace_s,
-                    drained_for_s=None if drain_at is None else (now - drain_at).total_seconds(),
-                    forced=draining[version_id].forced_drain_at is not None,
-                )
-            )
-        curve = survival_curve(agent, now)
+    fresh = compute_drain_etas(
+        agent, {pk: lc for pk, lc in draining.items() if not stored_eta_is_current(lc)}, now
+    )
 
     result = []
     for version, lifecycle, n, state in rows:
@@ -263,7 +327,7 @@ def fleet(agent: Agent, now: datetime | None = None) -> list[FleetVersion]:
             at_start = lifecycle.live_at_drain_start or 0
             eta = 0.0
             if state == DRAINING:
-                eta = drain_eta(curve, ages[version.pk], caps=caps[version.pk])
+                eta = fresh[version.pk] if version.pk in fresh else stored_eta(lifecycle, now)
             drain = {
                 "started_at": lifecycle.drain_started_at,
                 "live_at_start": at_start,

@@ -53,6 +53,12 @@ class Lifecycle(models.Model):
     forced_terminate = models.BooleanField(
         default=False, help_text="Forced sessions are terminated, not asked to drain"
     )
+    # The drain ETA as the beat last computed it (``fleet.refresh_drain_etas``): the
+    # fleet reads it, less the time since, instead of conditioning the survival curve
+    # on every live session's age per request. Null ``drain_eta_s`` with a time set
+    # means there was no estimate.
+    drain_eta_s = models.FloatField(null=True, blank=True)
+    drain_eta_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"lifecycle of {self.version_id}"

@@ -13,6 +13,8 @@ rows and pages, not as seconds.
 
 ``reads_of`` replays the reads of one table from captured queries
 (``CaptureQueriesContext``), for tests that bound each statement on its own.
+``RowsRead`` (an execute wrapper) counts the statements and the rows they hand back,
+without explaining anything.
 """
 
 from __future__ import annotations
@@ -144,3 +146,18 @@ def relation_pages(table: str) -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_relation_size(%s) / 8192", [table])
         return cursor.fetchone()[0]
+
+
+class RowsRead:
+    """Rows the database hands back to Python, summed over every statement."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.statements = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            self.statements += 1
+            self.rows += max(context["cursor"].rowcount, 0)
+        return result

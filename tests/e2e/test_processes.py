@@ -180,10 +180,10 @@ def test_it_runs_drain_policies_through_beat_broker_and_worker(
     assert entry.after["sessions"] == ["idle-1"]
     other_entry = AuditEntry.objects.get(action="sessions.abandoned", agent=other)
     assert other_entry.after["sessions"] == ["idle-2"]
-    # One task per agent, each run by the worker: two passes abandoned one session each.
+    # One batch of both agents, run by the worker: its pass abandoned one session of each.
     passes = [
         line
         for line in worker_log.read_text().splitlines()
-        if "enforce_agent_drain_policies[" in line and "'abandoned': 1" in line
+        if "enforce_agent_drain_policies[" in line and line.count("'abandoned': 1") == 2
     ]
-    assert len(passes) == 2, worker_log.read_text()[-3000:]
+    assert len(passes) == 1, worker_log.read_text()[-3000:]

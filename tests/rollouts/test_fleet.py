@@ -12,6 +12,7 @@ from django.utils import timezone
 from metrics import rollups
 from rollouts import engine
 from rollouts.models import Session
+from tests.explain import RowsRead
 
 START = "/api/agents/{slug}/sessions/"
 END = "/api/agents/{slug}/sessions/{sid}/end/"
@@ -249,21 +250,6 @@ def test_an_evacuated_version_drains_within_its_grace(agent, make_version, harne
     row = fleet(viewer, agent)[v2.pk]
     assert row["drain"]["forced"] is True
     assert 0 < row["drain"]["eta_s"] <= agent.drain_grace_s
-
-
-class RowsRead:
-    """Rows the database hands back to Python, summed over every statement."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.statements = 0
-
-    def __call__(self, execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if sql.lstrip().upper().startswith(("SELECT", "WITH")):
-            self.statements += 1
-            self.rows += max(context["cursor"].rowcount, 0)
-        return result
 
 
 @override_settings(PRISM_SURVIVAL_SAMPLE=30)

@@ -158,12 +158,17 @@ def brute_fleet(agent, now) -> list[tuple]:
     return answer
 
 
+@pytest.mark.parametrize("stored", [False, True], ids=["per-request", "stored-by-the-beat"])
 @pytest.mark.parametrize("seed", range(6))
 @override_settings(PRISM_SURVIVAL_SAMPLE=100_000, PRISM_SURVIVAL_WINDOW_S=WINDOW_S)
-def test_the_fleet_equals_a_brute_force_over_every_session(seed, agent, make_version):
+def test_the_fleet_equals_a_brute_force_over_every_session(seed, stored, agent, make_version):
+    """ETAs computed by the request, or stored by the beat's pass at the same time."""
     rng = random.Random(seed)
     now = timezone.now()
     random_fleet(rng, agent, make_version, now)
+    if stored:
+        fleet.refresh_estimate(agent, now)
+        assert fleet.refresh_drain_etas(agent, now) >= 1
 
     fast = [
         (

@@ -152,12 +152,13 @@ def test_the_beat_evaluates_at_the_time_it_is_given(agent, v1, v2):
 # --- the drain-policy tick ---------------------------------------------------------------
 
 
-def test_the_drain_tick_fans_out_one_task_per_agent_expiring_with_the_tick(
+def test_the_drain_tick_fans_out_batches_of_agents_expiring_with_the_tick(
     monkeypatch, settings, make_version
 ):
     """The shape of the fan-out, run eagerly here; tests/e2e/test_processes.py runs the
     same tasks on a real worker through Redis."""
     settings.PRISM_BEAT_SECONDS = 7
+    settings.PRISM_BEAT_BATCH = 2
     agents = [Agent.objects.create(slug=f"a{i}", name=f"A{i}", idle_timeout_s=60) for i in range(3)]
     long_ago = timezone.now() - timedelta(minutes=10)
     for agent in agents:
@@ -182,7 +183,8 @@ def test_the_drain_tick_fans_out_one_task_per_agent_expiring_with_the_tick(
     result = tasks.enforce_drain_policies.apply()
 
     assert result.get() == 3
-    assert sorted(args for args, _ in sent) == sorted((a.pk,) for a in agents)
+    ids = sorted(a.pk for a in agents)
+    assert [args for args, _ in sent] == [(ids[:2],), (ids[2:],)]
     assert all(options == {"expires": 7.0} for _, options in sent)
     # Each pass did its own agent's work, and only once.
     for agent in agents:
@@ -193,9 +195,61 @@ def test_the_drain_tick_fans_out_one_task_per_agent_expiring_with_the_tick(
 
 def test_a_policy_pass_for_an_agent_deleted_since_the_tick_does_nothing():
     assert tasks.enforce_agent_drain_policies.apply((987654,)).get() == {}
+    assert tasks.enforce_agent_drain_policies.apply(([987654],)).get() == {987654: {}}
 
 
-def test_the_retention_run_fans_out_one_task_per_agent(monkeypatch, settings):
+def test_an_agent_that_fails_in_a_batch_does_not_stop_the_others(monkeypatch, make_version):
+    """The batch runs every agent, then fails the task with the first error, so the
+    failure is still seen (the worker logs it, and its events say failed)."""
+    agents = [Agent.objects.create(slug=f"b{i}", name=f"B{i}", idle_timeout_s=60) for i in range(3)]
+    long_ago = timezone.now() - timedelta(minutes=10)
+    for agent in agents:
+        version = make_version(agent)
+        engine.set_stable(agent, version, actor="test")
+        Session.objects.create(
+            agent=agent, session_id="idle", version=version, started_at=long_ago,
+            last_seen_at=long_ago,
+        )  # fmt: skip
+    real = tasks.drain.enforce_policies
+
+    def broken_for_the_first(agent, now=None):
+        if agent.pk == agents[0].pk:
+            raise RuntimeError("this agent's pass broke")
+        return real(agent, now)
+
+    monkeypatch.setattr(tasks.drain, "enforce_policies", broken_for_the_first)
+
+    result = tasks.enforce_agent_drain_policies.apply(([a.pk for a in agents],))
+
+    assert result.failed()
+    assert "this agent's pass broke" in str(result.result)
+    states = dict(Session.objects.values_list("agent_id", "state"))
+    assert states == {agents[0].pk: "live", agents[1].pk: "abandoned", agents[2].pk: "abandoned"}
+
+
+def test_the_evaluation_tick_fans_out_batches_of_rollouts_at_the_stage_it_saw(
+    monkeypatch, settings, agent, v1, v2
+):
+    settings.PRISM_EVALUATE_SECONDS = 9
+    settings.PRISM_BEAT_BATCH = 10
+    rollout = start_rollout(agent, v2)
+    sent: list[tuple[tuple, dict]] = []
+    publish = tasks.evaluate_rollout.apply_async
+
+    def recording(args, **options):
+        sent.append((tuple(args), options))
+        return publish(args, **options)
+
+    monkeypatch.setattr(tasks.evaluate_rollout, "apply_async", recording)
+
+    assert tasks.evaluate_rollouts.apply().get() == 1
+    assert sent == [(([[rollout.pk, 0]],), {"expires": 9.0})]
+    assert tasks.evaluate_rollout.apply(([[rollout.pk, 3]],)).get() == {rollout.pk: "skipped"}
+    with pytest.raises(TypeError, match="needs the stage"):
+        tasks.evaluate_rollout(rollout.pk)
+
+
+def test_the_retention_run_fans_out_batches_of_agents(monkeypatch, settings):
     settings.PRISM_RETENTION_SECONDS = 60
     settings.PRISM_RETAIN_SNAPSHOTS_DAYS = 90
     agents = [Agent.objects.create(slug=f"r{i}", name=f"R{i}") for i in range(2)]
@@ -213,7 +267,7 @@ def test_the_retention_run_fans_out_one_task_per_agent(monkeypatch, settings):
     monkeypatch.setattr(tasks.apply_agent_retention, "apply_async", recording)
 
     assert tasks.apply_retention.apply().get() == 2
-    assert sorted(args for args, _ in sent) == sorted((a.pk,) for a in agents)
+    assert [args for args, _ in sent] == [(sorted(a.pk for a in agents),)]
     assert all(options == {"expires": 60.0} for _, options in sent)
     assert FleetSnapshot.objects.filter(at__lt=old + timedelta(days=1)).count() == 0
     assert FleetSnapshot.objects.count() == 2
