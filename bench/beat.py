@@ -8,16 +8,22 @@
 3. Start a Celery worker on the copy (``--concurrency 2``, task events on: ``-E``) and
    listen to its events on the broker.
 4. A tick: send every entry of the beat's schedule (``CELERY_BEAT_SCHEDULE``, by task
-   name, with its options), as the beat does when they all fall due together. Wait
-   until every task the worker received since (the tick's own and everything they fanned
-   out: the 50 rollout evaluations, or per-agent tasks) has finished and no new one
-   arrived for ``--quiet`` seconds. The tick's time runs from the first send to the last
-   task's end, as the worker's events stamp it.
-5. One warm-up tick (it also does the copy's pending drain work: idle sessions abandoned,
-   overdue drains expired), then ``--ticks`` timed ticks, ``--gap`` seconds apart.
-6. Report per size the warm-up tick, the median and the slowest timed tick, the tasks
-   per tick by name and the slowest task; the target is a median <= 1 s at the largest
-   size. A task that expired or failed makes the tick count as a miss.
+   name, with its options) that falls due at least every ``PRISM_EVALUATE_SECONDS``
+   (drain policies, snapshots, the rollouts' evaluations, the pin count, the webhook
+   sweep, the beat's own tick), as the beat does when they fall due together. Wait
+   until every task the worker received since (the tick's own and every batch they
+   fanned out) has finished and no new one arrived for ``--quiet`` seconds. The tick's
+   time runs from the first send to the last task's end, as the worker's events stamp
+   it.
+5. One warm-up round of every entry (it also does the copy's pending drain work: idle
+   sessions abandoned, overdue drains expired), then ``--ticks`` timed ticks, ``--gap``
+   seconds apart; then ``--ticks`` rounds of the entries on a slower clock (survival
+   estimates, retention, metric-source polls: once a minute or rarer), timed the same
+   way and reported beside the tick.
+6. Report per size the warm-up round, the median and the slowest timed tick, the tasks
+   per tick by name and the slowest task, and the slower round's median; the target is
+   a tick's median <= 1 s at the largest size. A task that expired or failed makes the
+   run count as a miss.
 
 The last line is ``RESULT beat <s> target 1s PASS|MISS``. A miss is reported, not failed.
 """
@@ -139,6 +145,12 @@ def wait_for_worker(app, worker: subprocess.Popen, log: Path) -> None:
     raise RuntimeError("the worker did not answer a ping within 60 s")
 
 
+def split(schedule: dict, every_s: float) -> tuple[dict, dict]:
+    """The entries due at least every ``every_s`` (a tick's), and the rest."""
+    often = {k: v for k, v in schedule.items() if float(v["schedule"]) <= every_s}
+    return often, {k: v for k, v in schedule.items() if k not in often}
+
+
 def measure(app, schedule, cache, sessions: int, args: argparse.Namespace) -> dict:
     """Steps 2 to 5 for one size."""
     with cache.copy(sessions) as copy, tempfile.TemporaryDirectory(prefix="prism-beat-") as tmp:
@@ -158,17 +170,18 @@ def measure(app, schedule, cache, sessions: int, args: argparse.Namespace) -> di
         try:
             wait_for_worker(app, worker, log)
             say(f"Worker up on {copy.name}; warm-up tick …")
-            warm = tick(app, schedule, events, args)
-            say(f"  warm-up tick: {warm.seconds:.3f} s, {sum(warm.tasks.values())} tasks")
-            ticks = []
-            for n in range(args.ticks):
-                time.sleep(args.gap)
-                ticks.append(tick(app, schedule, events, args))
-                say(
-                    f"  tick {n + 1}: {ticks[-1].seconds:.3f} s, "
-                    f"{sum(ticks[-1].tasks.values())} tasks, slowest {ticks[-1].slowest[0]} "
-                    f"{ticks[-1].slowest[1]:.3f} s"
-                )
+            warm = tick(app, {**schedule["tick"], **schedule["slower"]}, events, args)
+            say(f"  warm-up round: {warm.seconds:.3f} s, {sum(warm.tasks.values())} tasks")
+            rounds: dict[str, list[Tick]] = {"tick": [], "slower": []}
+            for part, entries in schedule.items():
+                for n in range(args.ticks):
+                    time.sleep(args.gap)
+                    rounds[part].append(tick(app, entries, events, args))
+                    last = rounds[part][-1]
+                    say(
+                        f"  {part} {n + 1}: {last.seconds:.3f} s, {sum(last.tasks.values())} "
+                        f"tasks, slowest {last.slowest[0]} {last.slowest[1]:.3f} s"
+                    )
         finally:
             receiver.should_stop = True
             worker.send_signal(signal.SIGTERM)
@@ -178,7 +191,12 @@ def measure(app, schedule, cache, sessions: int, args: argparse.Namespace) -> di
                 worker.kill()
                 worker.wait()
             thread.join(timeout=5)
-        return {"info": copy.info, "warm": warm, "ticks": ticks}
+        return {
+            "info": copy.info,
+            "warm": warm,
+            "ticks": rounds["tick"],
+            "slower": rounds["slower"],
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,19 +216,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from controlplane.celery import app
 
-    schedule = settings.CELERY_BEAT_SCHEDULE
+    often, slower = split(settings.CELERY_BEAT_SCHEDULE, float(settings.PRISM_EVALUATE_SECONDS))
+    schedule = {"tick": often, "slower": slower}
     rows = {}
     with fixtures.cache() as cache:
         for n in args.sessions:
             rows[n] = measure(app, schedule, cache, n, args)
     lines = header("Prism beat tick at scale")
     lines += [
-        f"worker    celery, {args.concurrency} processes, broker {settings.CELERY_BROKER_URL}",
-        f"tick      every entry of CELERY_BEAT_SCHEDULE sent at once ({', '.join(schedule)}); "
-        "timed",
-        "          from the first send to the last fanned-out task's end (worker events)",
+        f"worker    celery, {args.concurrency} processes, broker {settings.CELERY_BROKER_URL}; "
+        f"fan-out batches of {settings.PRISM_BEAT_BATCH}",
+        f"tick      the entries due every {settings.PRISM_EVALUATE_SECONDS} s or more often, "
+        f"sent at once ({', '.join(often)});",
+        "          timed from the first send to the last fanned-out task's end (worker events)",
+        f"slower    the other entries, sent at once the same way ({', '.join(slower)})",
         "",
-        "size       sessions   warm-up s   median s   slowest s   tasks per tick   slowest task",
+        "size       sessions   warm-up s   median s   slowest s   tasks per tick   slowest task"
+        "                        slower round median s",
     ]
     medians = {}
     clean = True
@@ -219,18 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         medians[n] = statistics.median(t.seconds for t in ticks)
         worst = max(ticks, key=lambda t: t.seconds)
         task_name, task_s = max((t.slowest for t in ticks), key=lambda x: x[1])
+        slow = statistics.median(t.seconds for t in row["slower"])
         lines.append(
             f"{label(n):<6} {row['info']['sessions']:>12,} {row['warm'].seconds:>11.3f} "
             f"{medians[n]:>10.3f} {worst.seconds:>11.3f} {sum(ticks[0].tasks.values()):>16}   "
-            f"{task_name} {task_s:.3f} s"
+            f"{task_name + f' {task_s:.3f} s':<44} {slow:>8.3f}"
         )
-        problems = sum((t.problems for t in [row["warm"], *ticks]), Counter())
+        problems = sum((t.problems for t in [row["warm"], *ticks, *row["slower"]]), Counter())
         if problems:
             clean = False
             lines.append(f"       tasks that did not succeed: {dict(problems)}")
-    lines += ["", "Tasks per tick (first timed tick of the largest size):"]
-    for name, count in sorted(rows[max(rows)]["ticks"][0].tasks.items()):
-        lines.append(f"  {count:>4} x {name}")
+    for part, title in (("ticks", "tick"), ("slower", "slower round")):
+        lines += ["", f"Tasks per {title} (the first timed one at the largest size):"]
+        for name, count in sorted(rows[max(rows)][part][0].tasks.items()):
+            lines.append(f"  {count:>4} x {name}")
     largest = medians[max(rows)]
     lines += [
         "",
