@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Min
 from django.utils import timezone
 
 from controlplane.health import BEAT
@@ -416,8 +415,8 @@ def board(agent: Agent, now: datetime | None = None) -> Board:
     Its queries do not depend on the number of versions or sessions:
     1. ``rollouts.fleet.fleet``: versions, states, counts and drain ETAs;
     2. the routing epoch, the open rollout (with its versions), the oldest live
-       session (from the live-sessions index), the latest audit entries, and the
-       agent's version ids for colours.
+       session (one entry of the live-sessions index per live version), the latest
+       audit entries, and the agent's version ids for colours.
     """
     now = now or timezone.now()
     versions = fleet.fleet(agent, now)
@@ -428,9 +427,7 @@ def board(agent: Agent, now: datetime | None = None) -> Board:
         .first()
     )
     _, ordinal = versions_of([agent.pk])
-    oldest = Session.objects.filter(agent=agent, state=SessionState.LIVE).aggregate(
-        oldest=Min("started_at")
-    )["oldest"]
+    oldest = drain.oldest_live_start(agent, [v.version.pk for v in versions if v.live_sessions])
     recent = list(AuditEntry.objects.filter(agent=agent).order_by("-at", "-id")[:6])
 
     summary = rollout_summary(open_rollout) if open_rollout else None

@@ -84,6 +84,37 @@ def live_versions(agent: Agent | int) -> set[int]:
         return {row[0] for row in cursor.fetchall()}
 
 
+# The oldest live session's start among some versions: one descent of the live index
+# per version (its first entry is its oldest live session), not a scan of them all.
+_OLDEST_LIVE = """
+SELECT MIN(first.started_at) FROM unnest(%s::bigint[]) AS v(id)
+CROSS JOIN LATERAL (
+    SELECT s.started_at FROM rollouts_session s
+    WHERE s.agent_id = %s AND s.version_id = v.id AND s.state = 'live'
+    ORDER BY s.started_at LIMIT 1
+) AS first
+"""
+
+
+def oldest_live_start(agent: Agent | int, version_ids: Iterable[int]) -> datetime | None:
+    """When the oldest live session of these versions of the agent started (None with
+    none live), reading one index entry per version however many are live."""
+    agent_id = agent.pk if isinstance(agent, Agent) else agent
+    ids = sorted(set(version_ids))
+    if not ids:
+        return None
+    if connection.vendor != "postgresql":
+        return (
+            Session.objects.filter(agent_id=agent_id, version_id__in=ids, state=SessionState.LIVE)
+            .order_by("started_at")
+            .values_list("started_at", flat=True)
+            .first()
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(_OLDEST_LIVE, [ids, agent_id])
+        return cursor.fetchone()[0]
+
+
 def has_live_sessions(agent: Agent | int, version_id: int) -> bool:
     """Whether a version has a live session: one probe of the live index."""
     return Session.objects.filter(

@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import Min
 from django.utils import timezone
 
 from metrics import rollups
-from rollouts import fleet, snapshots
-from rollouts.models import Lifecycle, Routing
+from rollouts import drain, fleet, snapshots
+from rollouts.models import Lifecycle, Routing, Session
 from tests.dashboard.conftest import browser, htmx
 from tests.explain import Explained, buffers, explain, rows_read
 from versions.models import Agent
@@ -120,3 +121,35 @@ def test_the_estimate_reads_its_sample_not_the_history(history, settings):
     with Explained() as cost:
         fleet.refresh_estimate(history["agent"])
     assert cost.rows_read <= history["live"] + 2 * 1001 + fleet.SURVIVAL_STRATA + 100
+
+
+def test_with_the_etas_stored_the_fleet_reads_each_live_session_once(history):
+    """The beat stored the drain ETAs: a request counts the live sessions and reads
+    nothing else of them."""
+    agent = history["agent"]
+    assert fleet.refresh_drain_etas(agent) == 3
+    with Explained() as cost:
+        rows = fleet.fleet(agent)
+    assert all(r.drain["eta_s"] is not None for r in rows if r.state == "draining")
+    assert cost.rows_read <= history["live"] + 100, cost.worst()
+
+
+def test_the_oldest_live_session_is_one_index_entry_per_version(history):
+    agent, versions = history["agent"], history["versions"]
+    with Explained() as cost:
+        oldest = drain.oldest_live_start(agent, [v.pk for v in versions])
+    assert (
+        oldest
+        == (Session.objects.filter(agent=agent, state="live").aggregate(m=Min("started_at"))["m"])
+    )
+    assert cost.rows_read <= 2 * len(versions) + 10, cost.worst()
+    assert drain.oldest_live_start(agent, []) is None
+    newest = versions[-1]
+    assert (
+        drain.oldest_live_start(agent, [newest.pk])
+        == (
+            Session.objects.filter(agent=agent, state="live", version=newest).aggregate(
+                m=Min("started_at")
+            )["m"]
+        )
+    )
