@@ -144,7 +144,16 @@ def _caller_sql() -> str:
 def caller_for_key(key: str) -> Caller | None:
     """The caller a token key stands for, or None for a key that matches no token: one
     prepared statement, for the session hot path (no model instances)."""
-    row = db.fetchone(_caller_sql(), [hash_key(key)], read_only=True)
+    return caller_from_row(db.fetchone(*caller_statement(key), read_only=True))
+
+
+def caller_statement(key: str) -> db.Statement:
+    """The read of ``caller_for_key``, for a caller that sends it along with its own
+    (``db.fetchone_each``); ``caller_from_row`` reads its row."""
+    return _caller_sql(), [hash_key(key)]
+
+
+def caller_from_row(row: tuple | None) -> Caller | None:
     if row is None:
         return None
     user_id, is_active, is_superuser, role, agents, expires_at, revoked_at = row

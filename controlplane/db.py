@@ -65,6 +65,96 @@ def fetchone(sql: str, params: Sequence[Any], *, read_only: bool = False) -> tup
         return _prepared_fetchone(wrapper, sql, params)
 
 
+Statement = tuple[str, Sequence[Any]]
+
+
+def fetchone_each(statements: Sequence[Statement]) -> list[tuple | None]:
+    """Run independent reads and return each one's first row, in one round trip where
+    the connection allows it: prepared, sent together in a libpq pipeline ending in one
+    sync, so PostgreSQL runs them back to back in one implicit transaction (one
+    snapshot). Elsewhere (no prepared statements, inside a transaction, SQLite) each
+    runs through ``fetchone`` in turn. A dead persistent connection is replaced and the
+    reads run again, as for a ``read_only`` ``fetchone``."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if not prepared_statements(wrapper) or wrapper.in_atomic_block:
+        return [fetchone(sql, params, read_only=True) for sql, params in statements]
+    try:
+        return _pipelined(wrapper, statements)
+    except OperationalError:
+        if wrapper.is_usable():
+            raise
+        wrapper.close()
+        return _pipelined(wrapper, statements)
+
+
+def _pipelined(wrapper: Any, statements: Sequence[Statement]) -> list[tuple | None]:
+    if wrapper.connection is None:
+        wrapper.ensure_connection()
+    wrapper.validate_no_broken_transaction()
+    logged = wrapper.queries_logged
+    started = time.monotonic() if logged else 0.0
+    with wrapper.wrap_database_errors:
+        conn = wrapper.connection
+        if not conn.autocommit:
+            rows = [_cursor_fetchone(conn, sql, params) for sql, params in statements]
+        else:
+            rows = _pipeline(conn, statements)
+    if logged:
+        spent = f"{time.monotonic() - started:.3f}"
+        wrapper.queries_log.extend({"sql": sql, "time": spent} for sql, _ in statements)
+    return rows
+
+
+def _pipeline(conn: psycopg.Connection, statements: Sequence[Statement]) -> list[tuple | None]:
+    """The statements through libpq's pipeline mode, blocking (psycopg leaves the
+    connection non-blocking; a pipeline this small never fills the socket, and blocking
+    lets ``pipeline_sync`` flush it all at once)."""
+    pgconn = conn.pgconn
+    prepared, transformer = _state(conn)
+    sends = []
+    for sql, params in statements:
+        name, text = _named(sql)
+        if name not in prepared:
+            _check(conn, pgconn.prepare(name, text), pq.ExecStatus.COMMAND_OK)
+            prepared.add(name)
+        sends.append((name, transformer.dump_sequence(params, [PyFormat.TEXT] * len(params))))
+    nonblocking = pgconn.nonblocking
+    pgconn.nonblocking = 0
+    pgconn.enter_pipeline_mode()
+    results: list[pq.abc.PGresult] = []
+    try:
+        for name, values in sends:
+            pgconn.send_query_prepared(name, values)
+        pgconn.pipeline_sync()
+        # Each statement's result (or PIPELINE_ABORTED after an error), then the null
+        # that ends it; then the sync's. A connection that broke stops the reading.
+        nulls = 0
+        while pgconn.status != pq.ConnStatus.BAD and nulls <= len(sends):
+            result = pgconn.get_result()
+            if result is None:
+                nulls += 1
+            elif result.status == pq.ExecStatus.PIPELINE_SYNC:
+                break
+            else:
+                results.append(result)
+    finally:
+        if pgconn.status != pq.ConnStatus.BAD:
+            pgconn.exit_pipeline_mode()
+            pgconn.nonblocking = nonblocking
+    if pgconn.status == pq.ConnStatus.BAD or len(results) != len(sends):
+        message = pgconn.error_message.decode(errors="replace").strip()
+        raise psycopg.OperationalError(message or "the connection is lost")
+    rows: list[tuple | None] = []
+    for result in results:
+        _check(conn, result, pq.ExecStatus.TUPLES_OK)
+        if result.ntuples == 0:
+            rows.append(None)
+        else:
+            transformer.set_pgresult(result)
+            rows.append(transformer.load_row(0, tuple))
+    return rows
+
+
 def _prepared_fetchone(wrapper: Any, sql: str, params: Sequence[Any]) -> tuple | None:
     # The connection is looked up once per call: every ``django.db.connection.x`` goes
     # through a thread-local proxy, and on this path that adds up. Likewise
@@ -95,6 +185,21 @@ def _statement(sql: str) -> tuple[bytes, bytes]:
 _statements: dict[str, tuple[bytes, bytes]] = {}
 
 
+def _named(sql: str) -> tuple[bytes, bytes]:
+    statement = _statements.get(sql)
+    if statement is None:
+        statement = _statements[sql] = _statement(sql)
+    return statement
+
+
+def _state(conn: psycopg.Connection) -> tuple[set[bytes], Transformer]:
+    """The names prepared on this connection, and its value adapters."""
+    state = getattr(conn, "_prism_prepared", None)
+    if state is None:
+        state = conn._prism_prepared = (set(), Transformer.from_context(conn))
+    return state
+
+
 def _execute(conn: psycopg.Connection, sql: str, params: Sequence[Any]) -> tuple | None:
     """One prepared statement through libpq, in autocommit mode.
 
@@ -106,15 +211,9 @@ def _execute(conn: psycopg.Connection, sql: str, params: Sequence[Any]) -> tuple
     3. Errors become psycopg's exceptions, which Django's wrapper turns into its own; a
        connection that broke is an ``OperationalError``, as it is for a cursor.
     """
-    statement = _statements.get(sql)
-    if statement is None:
-        statement = _statements[sql] = _statement(sql)
-    name, text = statement
+    name, text = _named(sql)
     pgconn = conn.pgconn
-    state = getattr(conn, "_prism_prepared", None)
-    if state is None:
-        state = conn._prism_prepared = (set(), Transformer.from_context(conn))
-    prepared, transformer = state
+    prepared, transformer = _state(conn)
     values = transformer.dump_sequence(params, [PyFormat.TEXT] * len(params))
     if name not in prepared:
         _check(conn, pgconn.prepare(name, text), pq.ExecStatus.COMMAND_OK)

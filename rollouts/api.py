@@ -26,8 +26,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from controlplane import db
 from controlplane.api import Conflict, StrictBooleanField, StrictFloatField, StrictSerializer
-from controlplane.auth import authorise, caller_for_key, token_key
+from controlplane.auth import (
+    authorise,
+    caller_for_key,
+    caller_from_row,
+    caller_statement,
+    token_key,
+)
 from controlplane.models import Role
 from metrics.gates import DEFAULT_GATES, GateError, validate_gates
 from rollouts import drain, engine, fleet, sessions
@@ -714,18 +721,24 @@ def session_create(request: HttpRequest, slug: str) -> HttpResponse:
     """``POST /agents/{slug}/sessions/``: the fast path, in front of the full DRF view.
 
     A plain start (``_plain_start``) by a caller the one authorisation rule allows is
-    served without DRF: the caller's token read (controlplane's prepared statement),
-    then ``sessions.assign`` as the full view calls it. Everything else, and every
-    error, goes to ``SessionCreate``, which words the answer; nothing has been written
-    by then. Both answer with the same bytes.
+    served without DRF: the caller's token read (controlplane's prepared statement)
+    and the agent's routing read (rollouts') in one round trip, then
+    ``sessions.assign`` as the full view calls it, given that routing row. Everything
+    else, and every error, goes to ``SessionCreate``, which words the answer; nothing
+    has been written by then. Both answer with the same bytes.
     """
     plain = _plain_start(request)
     if plain is not None:
         key, session_id = plain
-        caller = caller_for_key(key)
+        routing = sessions.routing_statement(slug)
+        if routing is None:  # the agent's first start in this process
+            caller, read = caller_for_key(key), {}
+        else:
+            token_row, routing_row = db.fetchone_each([caller_statement(key), routing])
+            caller, read = caller_from_row(token_row), {"routing_row": routing_row}
         if authorise(caller, roles=HARNESS_AND_MANAGER, agent=slug).allowed:
             try:
-                return _assignment_response(sessions.assign(slug, session_id))
+                return _assignment_response(sessions.assign(slug, session_id, **read))
             except (sessions.NotFound, sessions.NoRoute):
                 pass
     return _full_session_create(request, slug=slug)

@@ -2,7 +2,8 @@
 
 Assignment is one read of the agent's routing row, a compiled table cached by epoch,
 and one upsert that both pins new sessions and returns existing pins: two prepared
-statements. With the caller's token read, a new session costs three.
+statements. The fast path sends the caller's token read and the routing read together
+(``db.fetchone_each``), so a new session costs two round trips.
 """
 
 from __future__ import annotations
@@ -286,15 +287,28 @@ def _agent_id(slug: str) -> int:
     return agent_id
 
 
-def _route(slug: str) -> Route:
-    """The agent's routing as of now: one statement once the agent's id is known.
+def routing_statement(slug: str) -> db.Statement | None:
+    """The routing read of ``assign``, for a caller that sends it along with its own
+    reads (``db.fetchone_each``) and hands the row to ``assign``; None while the
+    agent's id is not known yet (``assign`` then reads it itself)."""
+    agent_id = _agent_ids.get(slug)
+    return (_READ_ROUTING, [agent_id]) if agent_id else None
+
+
+_UNREAD = object()
+
+
+def _route(slug: str, row: Any = _UNREAD) -> Route:
+    """The agent's routing as of now: one statement once the agent's id is known, or
+    none if the caller read ``routing_statement`` already (``row``).
 
     A missing routing row for a remembered id means the agent is gone (or was deleted
     and created again): look the slug up afresh, once.
     """
     agent_id = _agent_ids.get(slug)
-    row = db.fetchone(_READ_ROUTING, [agent_id], read_only=True) if agent_id else None
-    if row is None:
+    if row is _UNREAD:
+        row = db.fetchone(_READ_ROUTING, [agent_id], read_only=True) if agent_id else None
+    if row is None or agent_id is None:
         _agent_ids.pop(slug, None)
         agent_id = _agent_id(slug)
         row = db.fetchone(_READ_ROUTING, [agent_id], read_only=True)
@@ -375,10 +389,13 @@ def _checked(report: Report, route: Route, now: datetime) -> Report:
     return report
 
 
-def assign(slug: str, session_id: str, report: Report | None = None) -> Assignment:
+def assign(
+    slug: str, session_id: str, report: Report | None = None, *, routing_row: Any = _UNREAD
+) -> Assignment:
     """Pin a new session by weight, or return the existing pin, and decide its directive.
 
-    1. Read the agent's routing row (two statements, one once the agent's id is known).
+    1. Read the agent's routing row (two statements, one once the agent's id is known,
+       none when the caller read ``routing_statement`` and passes its ``routing_row``).
     2. Pick the version by the session's bucket, or take the one the harness reports it
        already ran the session on (``report``), if that report can be true.
     3. Upsert the pin with the epoch its version came from: one statement.
@@ -390,7 +407,7 @@ def assign(slug: str, session_id: str, report: Report | None = None) -> Assignme
     """
     clock = time.perf_counter()
     now = timezone.now()
-    route = _route(slug)
+    route = _route(slug, routing_row)
     if report is not None:
         report = _checked(report, route, now)
         target, started_at, epoch = report.version, report.started_at, report.epoch

@@ -131,3 +131,61 @@ def test_inside_a_transaction_it_goes_through_the_cursor_and_rolls_back(agent):
 
     assert through_libpq(rename, ["outside", agent.pk]) == ("outside",)
     assert Agent.objects.get(pk=agent.pk).name == "outside"
+
+
+# --- several reads in one round trip (db.fetchone_each) ------------------------------------
+
+
+def test_reads_sent_together_answer_each_its_own_row(agent):
+    from django.test.utils import CaptureQueriesContext
+
+    reads = [
+        ("SELECT slug FROM versions_agent WHERE id = %s", [agent.pk]),
+        ("SELECT %s::int * 2, %s::text", [21, "ünï"]),
+        ("SELECT slug FROM versions_agent WHERE id = %s", [2**62]),
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        rows = db.fetchone_each(reads)
+    assert rows == [(agent.slug,), (42, "ünï"), None]
+    assert [q["sql"] for q in queries] == [sql for sql, _ in reads]
+    # Prepared, on the libpq path, and run in one snapshot: one transaction id for both.
+    assert all(
+        db._statement(sql)[0] in connection.connection._prism_prepared[0] for sql, _ in reads
+    )
+    first, second = db.fetchone_each(
+        [("SELECT txid_current_if_assigned(), now()", []), ("SELECT now()", [])]
+    )
+    assert first[1] == second[0]
+
+
+def test_an_error_in_one_read_is_djangos_and_the_connection_stays_usable(agent):
+    with pytest.raises(DataError):
+        db.fetchone_each([("SELECT 1 / %s::int", [0]), ("SELECT %s::int", [1])])
+    with pytest.raises(DataError):
+        db.fetchone_each([("SELECT %s::int", [1]), ("SELECT 1 / %s::int", [0])])
+    assert db.fetchone_each([("SELECT %s::int + 1", [41])]) == [(42,)]
+    assert through_libpq("SELECT %s::int + 1", [1]) == (2,)
+
+
+def test_reads_sent_together_on_a_connection_that_died_run_again_on_a_new_one(agent):
+    connection.ensure_connection()
+    dead = connection.connection
+    kill_our_backend()
+
+    rows = db.fetchone_each(
+        [("SELECT slug FROM versions_agent WHERE id = %s", [agent.pk]), ("SELECT 1", [])]
+    )
+
+    assert rows == [(agent.slug,), (1,)]
+    assert connection.connection is not dead
+
+
+def test_inside_a_transaction_reads_sent_together_run_one_by_one(agent):
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(name="inside")
+        rows = db.fetchone_each(
+            [("SELECT name FROM versions_agent WHERE id = %s", [agent.pk]), ("SELECT 2", [])]
+        )
+        assert rows == [("inside",), (2,)]
+        transaction.set_rollback(True)
+    assert Agent.objects.get(pk=agent.pk).name == agent.name
