@@ -139,8 +139,13 @@ def _pipeline(conn: psycopg.Connection, statements: Sequence[Statement]) -> list
                 results.append(result)
     finally:
         if pgconn.status != pq.ConnStatus.BAD:
-            pgconn.exit_pipeline_mode()
-            pgconn.nonblocking = nonblocking
+            try:
+                pgconn.exit_pipeline_mode()
+                pgconn.nonblocking = nonblocking
+            except psycopg.Error:
+                # Results left unread (an error while sending): the connection's state
+                # cannot be trusted, so it goes, and the next use opens a new one.
+                conn.close()
     if pgconn.status == pq.ConnStatus.BAD or len(results) != len(sends):
         message = pgconn.error_message.decode(errors="replace").strip()
         raise psycopg.OperationalError(message or "the connection is lost")
