@@ -326,8 +326,13 @@ def force_version(
     unmarked = Q(forced_drain_at__isnull=True)
     if terminate:
         unmarked |= Q(forced_terminate=False)
+    # The stored ETA went with the old caps: cleared, the fleet computes it afresh.
     marked = Lifecycle.objects.filter(unmarked, pk=version_id).update(
-        forced_drain_at=now, forced_drain_reason=reason, forced_terminate=terminate
+        forced_drain_at=now,
+        forced_drain_reason=reason,
+        forced_terminate=terminate,
+        drain_eta_s=None,
+        drain_eta_at=None,
     )
     if not marked:
         return None
@@ -459,6 +464,8 @@ def revive(agent: Agent, version_id: int, now: datetime) -> Lifecycle | None:
                 drained_at=None,
                 drain_started_at=lifecycle.drain_started_at or now,
                 live_at_drain_start=max(lifecycle.live_at_drain_start or 0, live),
+                drain_eta_s=None,
+                drain_eta_at=None,
             )
         apply_live_version_cap(routing, now)
         return Lifecycle.objects.get(pk=version_id)

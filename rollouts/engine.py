@@ -156,6 +156,9 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
                     "drain_started_at": now,
                     "live_at_drain_start": live.get(vid, 0),
                     "drained_at": None,
+                    # A new drain: the ETA of any earlier one does not carry over.
+                    "drain_eta_s": None,
+                    "drain_eta_at": None,
                 },
             )
     for vid in gaining:
@@ -170,6 +173,8 @@ def _set_weights(routing: Routing, weights: dict[int, int], now: datetime) -> di
                 forced_drain_at=None,
                 forced_drain_reason="",
                 forced_terminate=False,
+                drain_eta_s=None,
+                drain_eta_at=None,
                 first_routed_at=lifecycle.first_routed_at or now,
             )
     before = {"epoch": routing.epoch, "weights": routing.weights}

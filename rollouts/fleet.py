@@ -221,8 +221,10 @@ def compute_drain_etas(
 
 
 def stored_eta_is_current(lifecycle: Lifecycle) -> bool:
-    """Whether the stored ETA belongs to this drain as it stands: computed since the
-    drain started and since any force-drain (which changes every session's cap)."""
+    """Whether the stored ETA belongs to this drain as it stands. Every write that
+    starts, restarts or forces a drain clears it; as a second guard it must also be
+    computed since the drain started and since any force-drain (which changes every
+    session's cap)."""
     at = lifecycle.drain_eta_at
     if at is None or lifecycle.drain_started_at is None or at < lifecycle.drain_started_at:
         return False

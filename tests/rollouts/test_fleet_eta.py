@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from rollouts import engine, fleet, tasks
+from rollouts import drain, engine, fleet, tasks
 from rollouts.models import Lifecycle, Session
 from tests.explain import RowsRead
 
@@ -121,3 +121,17 @@ def test_an_active_version_gets_no_stored_eta(agent, draining):
     assert Lifecycle.objects.get(pk=draining.pk).drain_eta_at is None
     [other] = Lifecycle.objects.exclude(pk=draining.pk).filter(drain_eta_at__isnull=False)
     assert other.drain_eta_s == 0
+
+
+def test_forcing_or_reactivating_a_drain_clears_its_stored_eta(agent, draining):
+    fleet.refresh_drain_etas(agent)
+    assert Lifecycle.objects.get(pk=draining.pk).drain_eta_at is not None
+
+    drain.force_drain(draining, actor="test", reason="stuck sessions")
+    forced = Lifecycle.objects.get(pk=draining.pk)
+    assert (forced.drain_eta_s, forced.drain_eta_at) == (None, None)
+
+    fleet.refresh_drain_etas(agent)
+    engine.set_stable(agent, draining, actor="test")  # active again
+    again = Lifecycle.objects.get(pk=draining.pk)
+    assert (again.drain_started_at, again.drain_eta_s, again.drain_eta_at) == (None, None, None)
