@@ -871,7 +871,7 @@ def rollback_agent(
 
 
 def evaluate_open_rollouts(now: datetime | None = None) -> dict[str, int]:
-    """Evaluate every running rollout in turn (the beat fans out one task per rollout
+    """Evaluate every running rollout in turn (the beat fans out batches of rollouts
     instead; this is the same work in one process). Safe to run concurrently and to
     retry: each decision applies only at the stage and epoch it was computed for."""
     tally = {"evaluated": 0, "changed": 0}
