@@ -159,14 +159,14 @@ def agents_overview() -> tuple[list[AgentSummary], bool]:
     """Every agent with its rainbow bar, its stable and any open rollout; and whether
     anything is live (the page stops polling when not). Four queries in all."""
     agents = list(Agent.objects.order_by("slug"))
-    live = snapshots.live_by_agent()
+    live = snapshots.live_by_agent(agent.pk for agent in agents)
     open_rollouts = {
         rollout.agent_id: rollout for rollout in Rollout.objects.filter(state__in=OPEN_STATES)
     }
     versions, ordinal = versions_of(agent.pk for agent in agents)
     rows = []
     for agent in agents:
-        counts = {int(vid): n for vid, n in live.get(agent.pk, {}).items()}
+        counts = live.get(agent.pk, {})
         rollout = open_rollouts.get(agent.pk)
         rows.append(
             AgentSummary(

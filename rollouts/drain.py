@@ -58,7 +58,8 @@ def live_counts(agent: Agent | int, version_ids: list[int] | None = None) -> dic
     On PostgreSQL each version is counted on its own stretch of the index: the versions
     found by skipping through it (``_SKIP_LIVE_VERSIONS``) or the ones asked for, then a
     ``count(*)`` per version. That visits the same entries as a ``GROUP BY`` but hands
-    no column up per row: a quarter faster at 30,000 live sessions (bench.fleet).
+    no column up per row: 3.2 ms against 4.2 for 30,000 live sessions (10 M fixture,
+    prepared, in-process).
     """
     agent_id = agent.pk if isinstance(agent, Agent) else agent
     if connection.vendor != "postgresql":

@@ -29,7 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -46,7 +46,8 @@ from metrics.judge import MISMATCH, NOT_REPORTED
 
 # The fleet's states and rules (not its reads), imported in this one place.
 from rollouts import drain as fleet_model
-from rollouts.models import Lifecycle, Rollout, RolloutState, Session, SessionState
+from rollouts import snapshots
+from rollouts.models import Lifecycle, Rollout, RolloutState
 from versions.models import Agent, Version
 
 log = logging.getLogger(__name__)
@@ -214,14 +215,7 @@ class FleetCollector:
         if not agents:
             return []
         ids = [agent["pk"] for agent in agents]
-        live: dict[int, dict[int, int]] = {pk: {} for pk in ids}
-        for agent_id, version_id, n in (
-            Session.objects.filter(agent_id__in=ids, state=SessionState.LIVE)
-            .values_list("agent_id", "version_id")
-            .annotate(n=Count("*"))
-            .order_by()
-        ):
-            live[agent_id][version_id] = n
+        live = snapshots.live_by_agent(ids)
         versions: dict[int, list[tuple[int, Lifecycle | None]]] = {pk: [] for pk in ids}
         for pk, agent_id, *marks in Version.objects.filter(agent_id__in=ids).values_list(
             "pk",
@@ -249,7 +243,9 @@ class FleetCollector:
         return [
             {
                 "slug": agent["slug"],
-                "versions": _listed_versions(agent, versions[agent["pk"]], live[agent["pk"]]),
+                "versions": _listed_versions(
+                    agent, versions[agent["pk"]], live.get(agent["pk"], {})
+                ),
                 "rollout": rollouts.get(agent["rollout_id"]),
             }
             for agent in agents

@@ -12,7 +12,7 @@ tier it ages into, in small batches, so a beat never deletes much at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -39,18 +39,20 @@ def tick_of(now: datetime, interval_s: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
-def live_by_agent() -> dict[int, dict[str, int]]:
-    """``{agent_id: {"<version id>": live sessions}}`` in one grouped query."""
-    live: dict[int, dict[str, int]] = {}
+def live_by_agent(agent_ids: Iterable[int]) -> dict[int, dict[int, int]]:
+    """``{agent_id: {version_id: live sessions}}`` of these agents (an agent with none
+    left out), in one grouped query over the live index, led by the agent as every
+    sessions query is (the snapshots, the overview page and ``/metrics`` read it)."""
+    live: dict[int, dict[int, int]] = {}
     rows = (
-        Session.objects.filter(state=SessionState.LIVE)
+        Session.objects.filter(agent_id__in=list(agent_ids), state=SessionState.LIVE)
         .values("agent_id", "version_id")
         .annotate(n=Count("*"))
         .values_list("agent_id", "version_id", "n")
         .order_by()
     )
     for agent_id, version_id, n in rows:
-        live.setdefault(agent_id, {})[str(version_id)] = n
+        live.setdefault(agent_id, {})[version_id] = n
     return live
 
 
@@ -64,10 +66,13 @@ def record(now: datetime | None = None) -> int:
        has, so a retried or doubled beat writes nothing twice.
     """
     at = tick_of(now or timezone.now(), settings.PRISM_BEAT_SECONDS)
-    live = live_by_agent()
     agent_ids = list(Agent.objects.values_list("pk", flat=True))
+    live = live_by_agent(agent_ids)
     FleetSnapshot.objects.bulk_create(
-        [FleetSnapshot(agent_id=pk, at=at, live=live.get(pk, {})) for pk in agent_ids],
+        [
+            FleetSnapshot(agent_id=pk, at=at, live={str(v): n for v, n in live.get(pk, {}).items()})
+            for pk in agent_ids
+        ],
         ignore_conflicts=True,
     )
     return len(agent_ids)

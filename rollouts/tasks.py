@@ -149,7 +149,7 @@ def evaluate_rollout(rollout_id: int | list[list[int]], stage: int | None = None
         if stage is None:
             raise TypeError("evaluate_rollout(rollout_id, stage) needs the stage the tick saw")
         return _look(rollout_id, stage)
-    stages = dict((int(pk), int(at)) for pk, at in rollout_id)
+    stages = {int(pk): int(at) for pk, at in rollout_id}
     return each(list(stages), lambda pk: _look(pk, stages[pk]))
 
 

@@ -109,7 +109,7 @@ def test_the_board_partial_reads_the_live_sessions_only(history):
 
 def test_the_snapshot_live_counts_read_the_live_sessions_only(history):
     with Explained() as cost:
-        live = snapshots.live_by_agent()
+        live = snapshots.live_by_agent([history["agent"].pk])
     assert sum(live[history["agent"].pk].values()) == history["live"]
     bounded(cost, history["live"])
 

@@ -152,6 +152,36 @@ def test_the_beat_evaluates_at_the_time_it_is_given(agent, v1, v2):
 # --- the drain-policy tick ---------------------------------------------------------------
 
 
+def agents_with_an_idle_session(make_version, prefix: str, n: int = 3) -> list[Agent]:
+    """``n`` agents, each with a stable version and one session idle for ten minutes."""
+    agents = [
+        Agent.objects.create(slug=f"{prefix}{i}", name=f"{prefix}{i}", idle_timeout_s=60)
+        for i in range(n)
+    ]
+    long_ago = timezone.now() - timedelta(minutes=10)
+    for agent in agents:
+        version = make_version(agent)
+        engine.set_stable(agent, version, actor="test")
+        Session.objects.create(
+            agent=agent, session_id="idle", version=version, started_at=long_ago,
+            last_seen_at=long_ago,
+        )  # fmt: skip
+    return agents
+
+
+def record_sends(monkeypatch, task) -> list[tuple[tuple, dict]]:
+    """What the fan-out sends to ``task``, each still sent (run eagerly here)."""
+    sent: list[tuple[tuple, dict]] = []
+    publish = task.apply_async
+
+    def recording(args, **options):
+        sent.append((tuple(args), options))
+        return publish(args, **options)
+
+    monkeypatch.setattr(task, "apply_async", recording)
+    return sent
+
+
 def test_the_drain_tick_fans_out_batches_of_agents_expiring_with_the_tick(
     monkeypatch, settings, make_version
 ):
@@ -159,26 +189,8 @@ def test_the_drain_tick_fans_out_batches_of_agents_expiring_with_the_tick(
     same tasks on a real worker through Redis."""
     settings.PRISM_BEAT_SECONDS = 7
     settings.PRISM_BEAT_BATCH = 2
-    agents = [Agent.objects.create(slug=f"a{i}", name=f"A{i}", idle_timeout_s=60) for i in range(3)]
-    long_ago = timezone.now() - timedelta(minutes=10)
-    for agent in agents:
-        version = make_version(agent)
-        engine.set_stable(agent, version, actor="test")
-        Session.objects.create(
-            agent=agent,
-            session_id="idle",
-            version=version,
-            started_at=long_ago,
-            last_seen_at=long_ago,
-        )
-    sent: list[tuple[tuple, dict]] = []
-    publish = tasks.enforce_agent_drain_policies.apply_async
-
-    def recording(args, **options):
-        sent.append((tuple(args), options))
-        return publish(args, **options)
-
-    monkeypatch.setattr(tasks.enforce_agent_drain_policies, "apply_async", recording)
+    agents = agents_with_an_idle_session(make_version, "a")
+    sent = record_sends(monkeypatch, tasks.enforce_agent_drain_policies)
 
     result = tasks.enforce_drain_policies.apply()
 
@@ -201,15 +213,7 @@ def test_a_policy_pass_for_an_agent_deleted_since_the_tick_does_nothing():
 def test_an_agent_that_fails_in_a_batch_does_not_stop_the_others(monkeypatch, make_version):
     """The batch runs every agent, then fails the task with the first error, so the
     failure is still seen (the worker logs it, and its events say failed)."""
-    agents = [Agent.objects.create(slug=f"b{i}", name=f"B{i}", idle_timeout_s=60) for i in range(3)]
-    long_ago = timezone.now() - timedelta(minutes=10)
-    for agent in agents:
-        version = make_version(agent)
-        engine.set_stable(agent, version, actor="test")
-        Session.objects.create(
-            agent=agent, session_id="idle", version=version, started_at=long_ago,
-            last_seen_at=long_ago,
-        )  # fmt: skip
+    agents = agents_with_an_idle_session(make_version, "b")
     real = tasks.drain.enforce_policies
 
     def broken_for_the_first(agent, now=None):
@@ -233,14 +237,7 @@ def test_the_evaluation_tick_fans_out_batches_of_rollouts_at_the_stage_it_saw(
     settings.PRISM_EVALUATE_SECONDS = 9
     settings.PRISM_BEAT_BATCH = 10
     rollout = start_rollout(agent, v2)
-    sent: list[tuple[tuple, dict]] = []
-    publish = tasks.evaluate_rollout.apply_async
-
-    def recording(args, **options):
-        sent.append((tuple(args), options))
-        return publish(args, **options)
-
-    monkeypatch.setattr(tasks.evaluate_rollout, "apply_async", recording)
+    sent = record_sends(monkeypatch, tasks.evaluate_rollout)
 
     assert tasks.evaluate_rollouts.apply().get() == 1
     assert sent == [(([[rollout.pk, 0]],), {"expires": 9.0})]
@@ -257,14 +254,7 @@ def test_the_retention_run_fans_out_batches_of_agents(monkeypatch, settings):
     for agent in agents:
         FleetSnapshot.objects.create(agent=agent, at=old)
         FleetSnapshot.objects.create(agent=agent, at=timezone.now())
-    sent: list[tuple[tuple, dict]] = []
-    publish = tasks.apply_agent_retention.apply_async
-
-    def recording(args, **options):
-        sent.append((tuple(args), options))
-        return publish(args, **options)
-
-    monkeypatch.setattr(tasks.apply_agent_retention, "apply_async", recording)
+    sent = record_sends(monkeypatch, tasks.apply_agent_retention)
 
     assert tasks.apply_retention.apply().get() == 2
     assert [args for args, _ in sent] == [(sorted(a.pk for a in agents),)]
