@@ -4,13 +4,15 @@
 
 1. For each size, take a copy of the scale fixture (``bench.fixtures``): the busiest
    agent has 20 versions.
-2. Start gunicorn (gthread, 2 workers x 2 threads) on the copy with Prism's settings.
+2. Start gunicorn (gthread, 2 workers x 2 threads) on each copy with Prism's settings,
+   all at once, then let the copies' writes settle.
 3. Log in as the fixture's viewer through the login form (``GET /login/`` for the CSRF
    token, ``POST /login/``), keeping Django's session cookie.
 4. GET ``/agents/fx-00/`` with ``HX-Request: true`` and ``HX-Target: fleet``, the request
-   the board polls, one at a time over one keep-alive connection: a warm-up, then
-   ``--requests`` timed ones (or as many as ``--budget`` seconds allow). Each answer must
-   be the partial (200 or htmx's 286), never a whole page.
+   the board polls, one at a time over one keep-alive connection per copy: a warm-up,
+   then ``--requests`` timed ones per copy (fewer if ``--budget`` seconds per copy run
+   out), the copies taking turns request by request. Each answer must be the partial
+   (200 or htmx's 286), never a whole page.
 5. Report the median and p99 per size; the target is a median <= 50 ms at the largest.
 
 The last line is ``RESULT dashboard <ms> target 50 PASS|MISS``. A miss is reported.
@@ -19,17 +21,25 @@ The last line is ``RESULT dashboard <ms> target 50 PASS|MISS``. A miss is report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import re
 import sys
-import tempfile
 from http.cookies import SimpleCookie
-from pathlib import Path
 from urllib.parse import urlencode
 
 from bench import fixtures
 from bench.fixtures import label
-from bench.scale import finish, gunicorn_on, header, result, say, timed_gets, timed_gets_args
+from bench.scale import (
+    Target,
+    finish,
+    header,
+    interleaved_gets,
+    result,
+    say,
+    served_copy,
+    timed_gets_args,
+)
 from bench.server import HOST
 
 TARGET_MS = 50.0
@@ -80,47 +90,39 @@ def log_in(port: int, username: str, password: str) -> str:
     return "; ".join(f"{k}={v}" for k, v in jar.items())
 
 
-def measure(cache: fixtures.Cache, sessions: int, args: argparse.Namespace) -> dict:
-    with cache.copy(sessions) as copy, tempfile.TemporaryDirectory(prefix="prism-dash-") as tmp:
-        info = copy.info
-        slug = info["busiest"]
-        server = gunicorn_on(copy.url, Path(tmp) / "gunicorn.log")
-        say(f"Starting gunicorn on {copy.name} …")
-        server.start("/login/", {})
-        try:
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    with fixtures.cache() as cache, contextlib.ExitStack() as stack:
+        targets, infos = [], {}
+        for n in args.sessions:
+            copy, server = stack.enter_context(served_copy(cache, n))
+            info = infos[n] = copy.info
             cookie = log_in(server.port, info["viewer"]["username"], info["viewer"]["password"])
             headers = {"Cookie": cookie, "HX-Request": "true", "HX-Target": "fleet"}
-            timing = timed_gets(
-                server.port, f"/agents/{slug}/", headers,
-                requests=args.requests, warmup=args.warmup, budget_s=args.budget,
-            )  # fmt: skip
-        finally:
-            server.stop()
+            targets.append(Target(label(n), server.port, f"/agents/{info['busiest']}/", headers))
+        cache.settle()
+        say(f"Timing {', '.join(t.name for t in targets)}, taking turns …")
+        measured = interleaved_gets(
+            targets, requests=args.requests, rounds=args.rounds, warmup=args.warmup,
+            budget_s=args.budget,
+        )  # fmt: skip
+    rows = {}
+    for n in args.sessions:
+        timing = measured.timings[label(n)]
         body = timing.last_body.decode(errors="replace")
-        say(
-            f"  {label(sessions)}: median {timing.median:.1f} ms, p99 {timing.p99:.1f} ms over "
-            f"{len(timing.ms)} requests"
-        )
-        return {
-            "sessions": info["sessions"],
+        rows[n] = {
+            "sessions": infos[n]["sessions"],
             "timing": timing,
             "partial": "<html" not in body.lower() and 'id="fleet"' in body,
             "bytes": len(timing.last_body),
         }
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    rows = {}
-    with fixtures.cache() as cache:
-        for n in args.sessions:
-            rows[n] = measure(cache, n, args)
     lines = header("Prism fleet board partial at scale")
     lines += [
         "request   GET /agents/fx-00/ with HX-Request: true, HX-Target: fleet (the board's "
         "poll), as a",
         "          logged-in viewer (session cookie); one at a time over one keep-alive "
-        "connection; gunicorn gthread 2 x 2",
+        "connection per copy;",
+        "          gunicorn gthread 2 x 2 on each; the copies taking turns request by request",
         "",
         "size       sessions  requests   median ms   p99 ms   partial bytes  statuses",
     ]
