@@ -38,7 +38,7 @@ from bench.scale import (
     result,
     say,
     served_copy,
-    timed_gets_args,
+    side_by_side_args,
 )
 from bench.server import HOST
 
@@ -47,7 +47,7 @@ PARTIAL = {200, 286}  # 286: htmx's "stop polling", for a board with nothing liv
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    return timed_gets_args("python -m bench.dashboard", __doc__, argv)
+    return side_by_side_args("python -m bench.dashboard", __doc__, argv)
 
 
 def cookies_of(response: http.client.HTTPResponse, jar: dict[str, str]) -> None:

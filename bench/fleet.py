@@ -48,7 +48,7 @@ from bench.scale import (
     result,
     say,
     served_copy,
-    timed_gets_args,
+    side_by_side_args,
 )
 
 TARGET_MS = 50.0
@@ -56,7 +56,7 @@ TARGET_GROWTH = 1.5
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    return timed_gets_args("python -m bench.fleet", __doc__, argv)
+    return side_by_side_args("python -m bench.fleet", __doc__, argv)
 
 
 def thin_live(url: str, keep_one_in: int) -> int:
@@ -79,7 +79,7 @@ def thin_live(url: str, keep_one_in: int) -> int:
     return ended
 
 
-def partial_thin(keep_one_in: int) -> Callable[[fixtures.Copy], None]:
+def thinning(keep_one_in: int) -> Callable[[fixtures.Copy], None]:
     """Step 1's preparation of the thinned copy."""
 
     def prepare(copy: fixtures.Copy) -> None:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     # (label, size, how the copy is prepared): every size, and the thinned largest one.
     copies = [(label(n), n, None) for n in args.sessions]
     if thin > 1:
-        copies.append((label(large) + "*", large, partial_thin(thin)))
+        copies.append((label(large) + "*", large, thinning(thin)))
     with fixtures.cache() as cache, contextlib.ExitStack() as stack:
         targets, infos = [], {}
         for name, n, prepare in copies:

@@ -200,7 +200,7 @@ def header(title: str) -> list[str]:
     return [f"{title}, {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC", "", f"machine   {machine()}"]
 
 
-def timed_gets_args(prog: str, doc: str | None, argv: list[str]) -> argparse.Namespace:
+def side_by_side_args(prog: str, doc: str | None, argv: list[str]) -> argparse.Namespace:
     """The options of a benchmark that times GETs of one page at fixture sizes, side by
     side (``bench.fleet``, ``bench.dashboard``)."""
     parser = argparse.ArgumentParser(
