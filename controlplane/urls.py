@@ -8,6 +8,9 @@ from rollouts.exposition import metrics_view
 from versions import api as versions_api
 
 api = [
+    # First, for the session routes' sake: Django tries the patterns in order, and the
+    # harnesses' traffic is nearly all session starts, heartbeats and ends.
+    path("", include("rollouts.urls")),
     path("agents/", versions_api.AgentList.as_view(), name="agent-list"),
     path("agents/<slug:slug>/", versions_api.AgentDetail.as_view(), name="agent-detail"),
     path(
@@ -16,7 +19,6 @@ api = [
     path("versions/<int:pk>/", versions_api.VersionDetail.as_view(), name="version-detail"),
     path("versions/<int:pk>/diff/", versions_api.VersionDiff.as_view(), name="version-diff"),
     path("audit/", versions_api.AuditList.as_view(), name="audit-list"),
-    path("", include("rollouts.urls")),
     path("", include("metrics.urls")),
     path("", include("events.urls")),
     path("health/", HealthView.as_view(), name="health"),

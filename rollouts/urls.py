@@ -3,12 +3,8 @@ from django.urls import path
 from rollouts import api, api_forecast
 
 urlpatterns = [
-    path("agents/<slug:slug>/routing/", api.RoutingView.as_view(), name="agent-routing"),
-    path("agents/<slug:slug>/stable/", api.StableView.as_view(), name="agent-stable"),
-    path("agents/<slug:slug>/rollback/", api.AgentRollbackView.as_view(), name="agent-rollback"),
-    path("agents/<slug:slug>/rollouts/", api.AgentRollouts.as_view(), name="agent-rollouts"),
-    path("agents/<slug:slug>/fleet/", api.FleetView.as_view(), name="agent-fleet"),
-    path("agents/<slug:slug>/forecast/", api_forecast.ForecastView.as_view(), name="forecast"),
+    # The session routes first: they carry the harnesses' traffic, and Django tries the
+    # patterns in order (these overlap no other).
     path("agents/<slug:slug>/sessions/", api.session_create, name="session-create"),
     path(
         "agents/<slug:slug>/sessions/<path:session_id>/heartbeat/",
@@ -25,6 +21,12 @@ urlpatterns = [
         api.SessionFeedback.as_view(),
         name="session-feedback",
     ),
+    path("agents/<slug:slug>/routing/", api.RoutingView.as_view(), name="agent-routing"),
+    path("agents/<slug:slug>/stable/", api.StableView.as_view(), name="agent-stable"),
+    path("agents/<slug:slug>/rollback/", api.AgentRollbackView.as_view(), name="agent-rollback"),
+    path("agents/<slug:slug>/rollouts/", api.AgentRollouts.as_view(), name="agent-rollouts"),
+    path("agents/<slug:slug>/fleet/", api.FleetView.as_view(), name="agent-fleet"),
+    path("agents/<slug:slug>/forecast/", api_forecast.ForecastView.as_view(), name="forecast"),
     path("versions/<int:pk>/drain/", api.VersionDrainView.as_view(), name="version-drain"),
     path("rollouts/<int:pk>/", api.RolloutDetail.as_view(), name="rollout-detail"),
     path(
