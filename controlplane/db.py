@@ -69,95 +69,70 @@ Statement = tuple[str, Sequence[Any]]
 
 
 def fetchone_each(statements: Sequence[Statement]) -> list[tuple | None]:
-    """Run independent reads and return each one's first row, in one round trip where
-    the connection allows it: prepared, sent together in a libpq pipeline ending in one
-    sync, so PostgreSQL runs them back to back in one implicit transaction (one
-    snapshot). Elsewhere (no prepared statements, inside a transaction, SQLite) each
-    runs through ``fetchone`` in turn. A dead persistent connection is replaced and the
-    reads run again, as for a ``read_only`` ``fetchone``."""
+    """Run independent key lookups and return each one's first row (None for none), as
+    one statement where the connection allows it.
+
+    Each read becomes a subquery of one prepared statement (``_fused``), so PostgreSQL
+    binds, runs and answers one statement in one snapshot, and the reads pay one
+    statement's fixed cost between them. Each read is still its own app's SQL; this only
+    puts them side by side. Elsewhere (no prepared statements, inside a transaction,
+    SQLite) each runs through ``fetchone`` in turn. A dead persistent connection is
+    replaced and the reads run again, as for a ``read_only`` ``fetchone``.
+    """
     wrapper = connections[DEFAULT_DB_ALIAS]
     if not prepared_statements(wrapper) or wrapper.in_atomic_block:
         return [fetchone(sql, params, read_only=True) for sql, params in statements]
+    reads = tuple(sql for sql, _ in statements)
+    sql = _fusions.get(reads)
+    if sql is None:
+        sql = _fusions[reads] = _fused(reads)
+    params = [value for _, values in statements for value in values]
     try:
-        return _pipelined(wrapper, statements)
+        row = _prepared_fetchone(wrapper, sql, params)
     except OperationalError:
         if wrapper.is_usable():
             raise
         wrapper.close()
-        return _pipelined(wrapper, statements)
+        row = _prepared_fetchone(wrapper, sql, params)
+    widths = _widths.get(sql) or _described(wrapper, sql, len(reads))
+    rows: list[tuple | None] = []
+    at = 0
+    for width in widths:
+        rows.append(row[at + 1 : at + width] if row[at] else None)  # type: ignore[index]
+        at += width
+    return rows
 
 
-def _pipelined(wrapper: Any, statements: Sequence[Statement]) -> list[tuple | None]:
-    if wrapper.connection is None:
-        wrapper.ensure_connection()
-    wrapper.validate_no_broken_transaction()
-    logged = wrapper.queries_logged
-    started = time.monotonic() if logged else 0.0
+_FOUND = "prism_found"
+_fusions: dict[tuple[str, ...], str] = {}
+_widths: dict[str, tuple[int, ...]] = {}
+
+
+def _fused(reads: Sequence[str]) -> str:
+    """One statement that always answers one row: each read's first row, led by a
+    ``prism_found`` column that is null when the read found nothing."""
+    joins = "".join(
+        f" LEFT JOIN (SELECT true AS {_FOUND}, q.* FROM ({sql.strip()}) q LIMIT 1) r{n} ON true"
+        for n, sql in enumerate(reads)
+    )
+    columns = ", ".join(f"r{n}.*" for n in range(len(reads)))
+    return f"SELECT {columns} FROM (SELECT) one{joins}"
+
+
+def _described(wrapper: Any, sql: str, reads: int) -> tuple[int, ...]:
+    """Each read's width in the fused row, ``prism_found`` included, from PostgreSQL's
+    description of the statement just run (once per process)."""
     with wrapper.wrap_database_errors:
         conn = wrapper.connection
-        if not conn.autocommit:
-            rows = [_cursor_fetchone(conn, sql, params) for sql, params in statements]
-        else:
-            rows = _pipeline(conn, statements)
-    if logged:
-        spent = f"{time.monotonic() - started:.3f}"
-        wrapper.queries_log.extend({"sql": sql, "time": spent} for sql, _ in statements)
-    return rows
-
-
-def _pipeline(conn: psycopg.Connection, statements: Sequence[Statement]) -> list[tuple | None]:
-    """The statements through libpq's pipeline mode, blocking (psycopg leaves the
-    connection non-blocking; a pipeline this small never fills the socket, and blocking
-    lets ``pipeline_sync`` flush it all at once)."""
-    pgconn = conn.pgconn
-    prepared, transformer = _state(conn)
-    sends = []
-    for sql, params in statements:
-        name, text = _named(sql)
-        if name not in prepared:
-            _check(conn, pgconn.prepare(name, text), pq.ExecStatus.COMMAND_OK)
-            prepared.add(name)
-        sends.append((name, transformer.dump_sequence(params, [PyFormat.TEXT] * len(params))))
-    nonblocking = pgconn.nonblocking
-    pgconn.nonblocking = 0
-    pgconn.enter_pipeline_mode()
-    results: list[pq.abc.PGresult] = []
-    try:
-        for name, values in sends:
-            pgconn.send_query_prepared(name, values)
-        pgconn.pipeline_sync()
-        # Each statement's result (or PIPELINE_ABORTED after an error), then the null
-        # that ends it; then the sync's. A connection that broke stops the reading.
-        nulls = 0
-        while pgconn.status != pq.ConnStatus.BAD and nulls <= len(sends):
-            result = pgconn.get_result()
-            if result is None:
-                nulls += 1
-            elif result.status == pq.ExecStatus.PIPELINE_SYNC:
-                break
-            else:
-                results.append(result)
-    finally:
-        if pgconn.status != pq.ConnStatus.BAD:
-            try:
-                pgconn.exit_pipeline_mode()
-                pgconn.nonblocking = nonblocking
-            except psycopg.Error:
-                # Results left unread (an error while sending): the connection's state
-                # cannot be trusted, so it goes, and the next use opens a new one.
-                conn.close()
-    if pgconn.status == pq.ConnStatus.BAD or len(results) != len(sends):
-        message = pgconn.error_message.decode(errors="replace").strip()
-        raise psycopg.OperationalError(message or "the connection is lost")
-    rows: list[tuple | None] = []
-    for result in results:
-        _check(conn, result, pq.ExecStatus.TUPLES_OK)
-        if result.ntuples == 0:
-            rows.append(None)
-        else:
-            transformer.set_pgresult(result)
-            rows.append(transformer.load_row(0, tuple))
-    return rows
+        result = conn.pgconn.describe_prepared(_named(sql)[0])
+        _check(conn, result, pq.ExecStatus.COMMAND_OK)
+    names = [result.fname(i) for i in range(result.nfields)]
+    starts = [i for i, name in enumerate(names) if name == _FOUND.encode()]
+    if len(starts) != reads:
+        raise ValueError(f"a fused read names a column {_FOUND!r} of its own: {sql}")
+    ends = [*starts[1:], len(names)]
+    widths = _widths[sql] = tuple(end - start for start, end in zip(starts, ends, strict=True))
+    return widths
 
 
 def _prepared_fetchone(wrapper: Any, sql: str, params: Sequence[Any]) -> tuple | None:

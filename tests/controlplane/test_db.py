@@ -133,29 +133,40 @@ def test_inside_a_transaction_it_goes_through_the_cursor_and_rolls_back(agent):
     assert Agent.objects.get(pk=agent.pk).name == "outside"
 
 
-# --- several reads in one round trip (db.fetchone_each) ------------------------------------
+# --- several reads in one statement (db.fetchone_each) ---------------------------------------
 
 
-def test_reads_sent_together_answer_each_its_own_row(agent):
+def test_reads_put_together_answer_each_its_own_row(agent):
     from django.test.utils import CaptureQueriesContext
 
     reads = [
         ("SELECT slug FROM versions_agent WHERE id = %s", [agent.pk]),
         ("SELECT %s::int * 2, %s::text", [21, "ünï"]),
-        ("SELECT slug FROM versions_agent WHERE id = %s", [2**62]),
+        ("SELECT slug FROM versions_agent WHERE id = %s", [2**62]),  # finds nothing
+        ("SELECT NULL::int AS nothing", []),  # finds a row of nulls
+        ("SELECT n FROM generate_series(1, %s) n ORDER BY n DESC", [3]),  # its first row
     ]
     with CaptureQueriesContext(connection) as queries:
         rows = db.fetchone_each(reads)
-    assert rows == [(agent.slug,), (42, "ünï"), None]
-    assert [q["sql"] for q in queries] == [sql for sql, _ in reads]
-    # Prepared, on the libpq path, and run in one snapshot: one transaction id for both.
-    assert all(
-        db._statement(sql)[0] in connection.connection._prism_prepared[0] for sql, _ in reads
-    )
+    assert rows == [(agent.slug,), (42, "ünï"), None, (None,), (3,)]
+    # One statement, prepared on the libpq path, logged as what it is.
+    (query,) = queries
+    assert all(sql in query["sql"] for sql, _ in reads)
+    assert db._statement(query["sql"])[0] in connection.connection._prism_prepared[0]
+    # Again, now that the statement and its widths are known, with other values.
+    reads[0] = ("SELECT slug FROM versions_agent WHERE id = %s", [2**62])
+    reads[1] = ("SELECT %s::int * 2, %s::text", [1, None])
+    assert db.fetchone_each(reads) == [None, (2, None), None, (None,), (3,)]
+    # One snapshot.
     first, second = db.fetchone_each(
         [("SELECT txid_current_if_assigned(), now()", []), ("SELECT now()", [])]
     )
     assert first[1] == second[0]
+
+
+def test_a_read_naming_the_found_column_itself_is_refused(agent):
+    with pytest.raises(ValueError, match="prism_found"):
+        db.fetchone_each([("SELECT 1 AS prism_found", []), ("SELECT 2", [])])
 
 
 def test_an_error_in_one_read_is_djangos_and_the_connection_stays_usable(agent):
