@@ -2,8 +2,8 @@
 
 Assignment is one read of the agent's routing row, a compiled table cached by epoch,
 and one upsert that both pins new sessions and returns existing pins: two prepared
-statements. The fast path sends the caller's token read and the routing read together
-(``db.fetchone_each``), so a new session costs two round trips.
+statements. The fast path reads the caller's token and the routing row in one statement
+(``db.fetchone_each``), so a new session costs two statements in two round trips.
 """
 
 from __future__ import annotations
