@@ -94,11 +94,12 @@ def fetchone_each(statements: Sequence[Statement]) -> list[tuple | None]:
             raise
         wrapper.close()
         row = _prepared_fetchone(wrapper, sql, params)
+    assert row is not None  # the outer SELECT always answers one row
     widths = _widths.get(sql) or _described(wrapper, sql, len(reads))
     rows: list[tuple | None] = []
     at = 0
     for width in widths:
-        rows.append(row[at + 1 : at + width] if row[at] else None)  # type: ignore[index]
+        rows.append(row[at + 1 : at + width] if row[at] else None)
         at += width
     return rows
 
