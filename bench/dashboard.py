@@ -34,11 +34,10 @@ from bench.scale import (
     Target,
     finish,
     header,
-    interleaved_gets,
     result,
-    say,
     served_copy,
     side_by_side_args,
+    time_side_by_side,
 )
 from bench.server import HOST
 
@@ -100,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             cookie = log_in(server.port, info["viewer"]["username"], info["viewer"]["password"])
             headers = {"Cookie": cookie, "HX-Request": "true", "HX-Target": "fleet"}
             targets.append(Target(label(n), server.port, f"/agents/{info['busiest']}/", headers))
-        cache.settle()
-        say(f"Timing {', '.join(t.name for t in targets)}, taking turns …")
-        measured = interleaved_gets(
-            targets, requests=args.requests, rounds=args.rounds, warmup=args.warmup,
-            budget_s=args.budget,
-        )  # fmt: skip
+        measured = time_side_by_side(cache, targets, args)
     rows = {}
     for n in args.sessions:
         timing = measured.timings[label(n)]

@@ -44,11 +44,11 @@ from bench.scale import (
     Timing,
     finish,
     header,
-    interleaved_gets,
     result,
     say,
     served_copy,
     side_by_side_args,
+    time_side_by_side,
 )
 
 TARGET_MS = 50.0
@@ -128,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(
                 Target(name, server.port, f"/api/agents/{info['busiest']}/fleet/", headers)
             )
-        cache.settle()
-        say(f"Timing {', '.join(t.name for t in targets)}, taking turns …")
-        measured = interleaved_gets(
-            targets, requests=args.requests, rounds=args.rounds, warmup=args.warmup,
-            budget_s=args.budget,
-        )  # fmt: skip
+        measured = time_side_by_side(cache, targets, args)
     rows = {name: figures(infos[name], measured.timings[name]) for name, _, _ in copies}
     lines = header("Prism fleet endpoint at scale")
     lines += [

@@ -174,6 +174,19 @@ def served_copy(
             server.stop()
 
 
+def time_side_by_side(
+    cache: fixtures.Cache, targets: list[Target], args: argparse.Namespace
+) -> Interleaved:
+    """Settle the copies' writes, then time the targets taking turns, with the options of
+    ``side_by_side_args``."""
+    cache.settle()
+    say(f"Timing {', '.join(t.name for t in targets)}, taking turns …")
+    return interleaved_gets(
+        targets, requests=args.requests, rounds=args.rounds, warmup=args.warmup,
+        budget_s=args.budget,
+    )  # fmt: skip
+
+
 def machine() -> str:
     one, five, _ = os.getloadavg()
     return (
@@ -211,4 +224,7 @@ def side_by_side_args(prog: str, doc: str | None, argv: list[str]) -> argparse.N
     parser.add_argument("--rounds", type=int, default=10, help="rounds the requests are split in")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--budget", type=float, default=90, help="seconds of requests per size")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= args.requests:
+        parser.error(f"--rounds must be from 1 to --requests ({args.requests}), not {args.rounds}")
+    return args

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.scale import Interleaved, Target, Timing, interleaved_gets
+from bench.scale import Interleaved, Target, Timing, interleaved_gets, side_by_side_args
 
 
 @pytest.fixture
@@ -75,3 +75,12 @@ def test_the_ratio_is_of_all_requests_medians_and_the_rounds_show_its_spread():
     )
     assert measured.ratio("big", "small") == 2.0
     assert measured.ratios("big", "small") == [3.0, 4.5]
+
+
+@pytest.mark.parametrize("options", [["--rounds", "0"], ["--requests", "5", "--rounds", "6"]])
+def test_rounds_outside_one_to_the_requests_are_refused_with_a_message(options, capsys):
+    with pytest.raises(SystemExit) as exit:
+        side_by_side_args("bench", None, options)
+    assert exit.value.code == 2
+    assert "--rounds must be from 1 to --requests" in capsys.readouterr().err
+    assert side_by_side_args("bench", None, ["--requests", "5", "--rounds", "5"]).rounds == 5
